@@ -1,0 +1,1 @@
+"""The LiveKit Agents tutor worker."""

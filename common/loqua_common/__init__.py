@@ -1,0 +1,1 @@
+"""Code shared by the operator and the tutor worker: log format, rate limiter, metrics helpers."""

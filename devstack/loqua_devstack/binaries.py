@@ -1,0 +1,300 @@
+"""Build the stack's Go binaries once, pinned, and cache them outside the repository.
+
+Only the standard library is used here so the builder runs before any package is installed.
+
+Two build recipes:
+- ``go install module/cmd@version`` for modules whose go.mod has no ``replace`` directives
+  (livekit-server, helm, promtool);
+- a small *wrapper module* for those that do (kube-apiserver, kube-controller-manager, etcd):
+  the wrapper requires the real module and turns each of its relative ``replace`` lines into a
+  published version, which ``go install`` cannot do by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KUBERNETES_VERSION = "1.33.13"
+ETCD_VERSION = "3.5.21"
+LIVEKIT_VERSION = "1.13.5"
+HELM_VERSION = "3.19.0"
+# Prometheus' Go module versions are v0.<major*100+minor>.<patch>: v0.307.3 is Prometheus 3.7.3.
+PROMETHEUS_MODULE_VERSION = "0.307.3"
+
+
+def cache_dir() -> Path:
+    """Where built binaries live: ``$LOQUA_CACHE_DIR`` or ``$XDG_CACHE_HOME/loqua-agents``."""
+    explicit = os.environ.get("LOQUA_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "loqua-agents"
+
+
+@dataclass(frozen=True)
+class GoBinary:
+    name: str
+    module: str
+    version: str
+    package: str
+    minutes: int  # rough first-build time on 2 cores, shown to the user
+    wrapper_replaces_from: str | None = None  # build through a wrapper module around this one
+    ldflags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def path(self) -> Path:
+        return cache_dir() / "bin" / f"{self.name}-v{self.version}"
+
+
+def _kube_ldflags() -> tuple[str, ...]:
+    major, minor, _ = KUBERNETES_VERSION.split(".")
+    base = "k8s.io/component-base/version"
+    return (
+        f"-X {base}.gitVersion=v{KUBERNETES_VERSION}",
+        f"-X {base}.gitMajor={major}",
+        f"-X {base}.gitMinor={minor}",
+        f"-X {base}.gitTreeState=clean",
+        "-s -w",
+    )
+
+
+BINARIES: dict[str, GoBinary] = {
+    b.name: b
+    for b in (
+        GoBinary(
+            "etcd",
+            "go.etcd.io/etcd/server/v3",
+            ETCD_VERSION,
+            "loqua.local/etcd",  # the wrapper's own main package calls etcdmain.Main
+            minutes=2,
+            wrapper_replaces_from="go.etcd.io/etcd/server/v3",
+            ldflags=("-s -w",),
+        ),
+        GoBinary(
+            "kube-apiserver",
+            "k8s.io/kubernetes",
+            KUBERNETES_VERSION,
+            "k8s.io/kubernetes/cmd/kube-apiserver",
+            minutes=8,
+            wrapper_replaces_from="k8s.io/kubernetes",
+            ldflags=_kube_ldflags(),
+        ),
+        GoBinary(
+            "kube-controller-manager",
+            "k8s.io/kubernetes",
+            KUBERNETES_VERSION,
+            "k8s.io/kubernetes/cmd/kube-controller-manager",
+            minutes=6,
+            wrapper_replaces_from="k8s.io/kubernetes",
+            ldflags=_kube_ldflags(),
+        ),
+        GoBinary(
+            "livekit-server",
+            "github.com/livekit/livekit-server",
+            LIVEKIT_VERSION,
+            "github.com/livekit/livekit-server/cmd/server",
+            minutes=5,
+        ),
+        GoBinary("helm", "helm.sh/helm/v3", HELM_VERSION, "helm.sh/helm/v3/cmd/helm", minutes=3),
+        GoBinary(
+            "promtool",
+            "github.com/prometheus/prometheus",
+            PROMETHEUS_MODULE_VERSION,
+            "github.com/prometheus/prometheus/cmd/promtool",
+            minutes=4,
+        ),
+    )
+}
+
+ETCD_MAIN = """package main
+
+import (
+\t"os"
+
+\t"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+"""
+
+
+class BuildError(RuntimeError):
+    """A binary could not be built; the message says what is missing and where to look."""
+
+
+def _log(msg: str) -> None:
+    print(f"[loqua-dev build] {msg}", file=sys.stderr, flush=True)
+
+
+def require_go() -> str:
+    go = shutil.which("go")
+    if not go:
+        raise BuildError(
+            "Go is not installed or not on PATH: the local stack builds etcd, kube-apiserver, "
+            "livekit-server, helm and promtool from Go modules. Install Go >= 1.24 and retry."
+        )
+    return go
+
+
+def _run(cmd: list[str], cwd: Path, log_file: Path, env: dict[str, str]) -> None:
+    with log_file.open("a") as log:
+        log.write(f"\n$ {' '.join(cmd)}  (in {cwd})\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        started = time.monotonic()
+        last_note = started
+        while proc.poll() is None:
+            time.sleep(1)
+            if time.monotonic() - last_note >= 30:
+                last_note = time.monotonic()
+                _log(f"  ... still building ({int(last_note - started)} s so far)")
+    if proc.returncode != 0:
+        tail = log_file.read_text(errors="replace").splitlines()[-15:]
+        hint = ""
+        joined = "\n".join(tail)
+        if "proxy.golang.org" in joined or "dial tcp" in joined or "lookup" in joined:
+            hint = " The Go module proxy could not be reached (check GOPROXY and the network)."
+        raise BuildError(
+            f"`{' '.join(cmd)}` failed (exit {proc.returncode}).{hint} Full log: {log_file}\n"
+            + joined
+        )
+
+
+def _module_gomod(go: str, module: str, version: str, env: dict[str, str]) -> str:
+    out = subprocess.run(
+        [go, "mod", "download", "-json", f"{module}@v{version}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cache_dir(),
+    )
+    if out.returncode != 0:
+        raise BuildError(
+            f"could not download {module}@v{version} from the Go module proxy: "
+            f"{out.stdout.strip() or out.stderr.strip()}"
+        )
+    return Path(json.loads(out.stdout)["GoMod"]).read_text()
+
+
+def published_replaces(gomod: str, staging_version_for: dict[str, str]) -> dict[str, str]:
+    """Turn a module's relative ``replace X => ./path`` lines into ``X => X <published version>``.
+
+    ``staging_version_for`` maps a module-path prefix to the version published for it, e.g.
+    ``{"k8s.io/": "v0.33.13"}`` or ``{"go.etcd.io/etcd/": "v3.5.21"}``.
+    """
+    replaces: dict[str, str] = {}
+    for match in re.finditer(r"^\s*(?:replace\s+)?(\S+)\s*=>\s*(\.\.?/\S*)\s*$", gomod, re.M):
+        mod = match.group(1)
+        for prefix, version in staging_version_for.items():
+            if mod.startswith(prefix):
+                replaces[mod] = version
+    return replaces
+
+
+def _wrapper_gomod(binary: GoBinary, go: str, env: dict[str, str]) -> str:
+    upstream = _module_gomod(go, binary.module, binary.version, env)
+    if binary.module == "k8s.io/kubernetes":
+        minor = KUBERNETES_VERSION.split(".", 1)[1]
+        replaces = published_replaces(upstream, {"k8s.io/": f"v0.{minor}"})
+    else:
+        # etcd's server requires its sibling modules at real published versions (client/v2 is
+        # v2.305.x, not v3.5.x); its relative replaces only matter inside etcd's own repo.
+        replaces = {}
+    lines = [
+        "module loqua.local/" + binary.name,
+        "",
+        "go 1.24.0",
+        "",
+        f"require {binary.module} v{binary.version}",
+        "",
+    ]
+    lines += [f"replace {mod} => {mod} {ver}" for mod, ver in sorted(replaces.items())]
+    return "\n".join(lines) + "\n"
+
+
+def build(binary: GoBinary, force: bool = False) -> Path:
+    """Build one binary unless a cached build exists; returns its path."""
+    if binary.path.exists() and not force:
+        return binary.path
+    go = require_go()
+    root = cache_dir()
+    (root / "bin").mkdir(parents=True, exist_ok=True)
+    work = root / "src" / f"{binary.name}-v{binary.version}"
+    work.mkdir(parents=True, exist_ok=True)
+    log_file = root / "build-logs" / f"{binary.name}-v{binary.version}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log_file.write_text("")
+    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-buildvcs=false")
+    _log(
+        f"building {binary.name} v{binary.version} (first time only, about {binary.minutes} min "
+        f"on 2 cores; log: {log_file})"
+    )
+    started = time.monotonic()
+    tmp_out = binary.path.parent / (binary.path.name + ".partial")
+    ldflags = " ".join(binary.ldflags)
+    if binary.wrapper_replaces_from:
+        (work / "go.mod").write_text(_wrapper_gomod(binary, go, env))
+        if binary.name == "etcd":
+            (work / "main.go").write_text(ETCD_MAIN)
+            target = "."
+        else:
+            target = binary.package
+        cmd = [go, "build", "-mod=mod", "-trimpath", "-o", str(tmp_out)]
+        if ldflags:
+            cmd += ["-ldflags", ldflags]
+        _run(cmd + [target], work, log_file, env)
+    else:
+        gobin = work / "gobin"
+        gobin.mkdir(exist_ok=True)
+        cmd = [go, "install", "-trimpath"]
+        if ldflags:
+            cmd += ["-ldflags", ldflags]
+        _run(cmd + [f"{binary.package}@v{binary.version}"], work, log_file, dict(env, GOBIN=str(gobin)))
+        built = gobin / binary.package.rsplit("/", 1)[-1]
+        shutil.move(str(built), tmp_out)
+    tmp_out.chmod(0o755)
+    tmp_out.replace(binary.path)
+    _log(f"built {binary.name} in {time.monotonic() - started:.0f} s -> {binary.path}")
+    return binary.path
+
+
+def ensure_all(names: list[str] | None = None, force: bool = False) -> dict[str, Path]:
+    """Build every missing binary (or only ``names``), showing what is left to do."""
+    wanted = [BINARIES[n] for n in (names or list(BINARIES))]
+    missing = [b for b in wanted if force or not b.path.exists()]
+    if missing:
+        total = sum(b.minutes for b in missing)
+        _log(
+            f"{len(missing)} binaries to build ({', '.join(b.name for b in missing)}); "
+            f"expect about {total} min on a 2-core machine. Cached under {cache_dir()} afterwards."
+        )
+    paths: dict[str, Path] = {}
+    for i, b in enumerate(wanted, 1):
+        if b in missing:
+            _log(f"[{i}/{len(wanted)}]")
+        paths[b.name] = build(b, force=force)
+    return paths
+
+
+def path_of(name: str) -> Path:
+    """Path to a cached binary, with a clear error if it has not been built."""
+    binary = BINARIES[name]
+    if not binary.path.exists():
+        raise BuildError(f"{name} v{binary.version} is not built yet: run `loqua-dev build`.")
+    return binary.path
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience for `python -m`
+    try:
+        ensure_all(sys.argv[1:] or None)
+    except BuildError as exc:
+        _log(f"error: {exc}")
+        sys.exit(1)

@@ -1,0 +1,99 @@
+"""`loqua-dev`: build, start and stop the local stack of real components."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+from loqua_devstack import binaries
+from loqua_devstack.stack import PARTS, Stack, devstack_dir
+
+DESCRIPTION = """\
+Local stack of real components for the Loqua agents: etcd + kube-apiserver (+ kube-controller-manager),
+livekit-server (--dev) and the reference Loqua API, all on 127.0.0.1. Binaries are built from Go modules
+once and cached under $LOQUA_CACHE_DIR (default ~/.cache/loqua-agents). State, logs and the env file
+live in .devstack/ (or $LOQUA_DEVSTACK_DIR).
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loqua-dev", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    b = sub.add_parser("build", help="build (or reuse) the pinned Go binaries")
+    b.add_argument("names", nargs="*", metavar="NAME", help=f"only these ({', '.join(binaries.BINARIES)})")
+    b.add_argument("--force", action="store_true", help="rebuild even when cached")
+    sub.add_parser("up", help="start every part (reuses a running stack) and write .devstack/env")
+    sub.add_parser("down", help="stop every process of the stack")
+    st = sub.add_parser("status", help="tell what is up, where")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    e = sub.add_parser("env", help="print the connection settings (KEY=VALUE)")
+    e.add_argument("--export", action="store_true", help="prefix lines with `export ` for eval")
+    for name, verb in (("stop", "stop one part (same address when started again)"), ("start", "start one part")):
+        p = sub.add_parser(name, help=verb)
+        p.add_argument("part", choices=PARTS)
+    api = sub.add_parser("api", help="run the reference Loqua API alone (see `loqua-dev api --help`)",
+                         add_help=False)
+    api.add_argument("api_args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["api"]:
+        from loqua_devstack.loqua_api.__main__ import main as api_main
+
+        return api_main(argv[1:])
+    args = _parser().parse_args(argv)
+    stack = Stack(devstack_dir())
+    try:
+        if args.command == "build":
+            unknown = sorted(set(args.names) - set(binaries.BINARIES))
+            if unknown:
+                raise ValueError(f"unknown binaries {unknown}; choose from {', '.join(binaries.BINARIES)}")
+            paths = binaries.ensure_all(args.names or None, force=args.force)
+            for name, path in paths.items():
+                print(f"{name}: {path}")
+        elif args.command == "up":
+            stack.up()
+            _print_status(stack)
+            print(f"\nsettings: {stack.env_file}  (set -a; . {stack.env_file}; set +a)")
+        elif args.command == "down":
+            stack.down()
+            print("stack stopped")
+        elif args.command == "status":
+            status = stack.status()
+            if args.json:
+                print(json.dumps(status, indent=2))
+            else:
+                _print_status(stack)
+            return 0 if stack.is_up() else 3
+        elif args.command == "env":
+            if not stack.env_file.exists():
+                print("no .devstack/env yet: run `loqua-dev up`", file=sys.stderr)
+                return 3
+            for key, value in stack.env().items():
+                print(f"{'export ' if args.export else ''}{key}={shlex.quote(value) if args.export else value}")
+        elif args.command == "stop":
+            stack.stop_part(args.part)
+            print(f"{args.part} stopped")
+        elif args.command == "start":
+            stack.start_part(args.part)
+            print(f"{args.part} started")
+    except (binaries.BuildError, RuntimeError, ValueError) as exc:
+        print(f"loqua-dev {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_status(stack: Stack) -> None:
+    for part, info in stack.status().items():
+        state = "up  " if info["running"] else "down"
+        print(f"  {part:<24} {state} {info['address']:<28} pid={info['pid'] or '-'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Start, probe and stop detached background processes, each in its own process group."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def spawn(cmd: list[str], log_file: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
+    """Start ``cmd`` detached in a new session (so it outlives the CLI) and return its pid."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    return proc.pid
+
+
+def is_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); reap it if it is our child, and read its state otherwise.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def stop(pid: int | None, timeout: float = 10.0) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after ``timeout``."""
+    if not pid or not is_alive(pid):
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 5.0)
+        while time.monotonic() < deadline:
+            if not is_alive(pid):
+                return
+            time.sleep(0.1)
+
+
+def http_ok(url: str, context: ssl.SSLContext | None = None, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+            return 200 <= resp.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def wait_until(
+    check: Callable[[], bool],
+    what: str,
+    timeout: float,
+    pid: int | None = None,
+    log_file: Path | None = None,
+) -> None:
+    """Poll ``check`` until true; fail early, pointing at the log, when the process has died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if pid is not None and not is_alive(pid):
+            raise RuntimeError(f"{what} exited during start-up; see {log_file}{_tail(log_file)}")
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} was not ready after {timeout:.0f} s; see {log_file}{_tail(log_file)}")
+
+
+def _tail(log_file: Path | None, lines: int = 8) -> str:
+    if not log_file or not log_file.exists():
+        return ""
+    tail = log_file.read_text(errors="replace").splitlines()[-lines:]
+    return "\n  " + "\n  ".join(tail)

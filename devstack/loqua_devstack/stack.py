@@ -1,0 +1,377 @@
+"""The local stack: etcd, kube-apiserver, kube-controller-manager, livekit-server, Loqua API.
+
+State lives in ``.devstack/`` (ports, secrets and pids in ``state.json``, one log per part,
+``env`` for shells and tests). Ports are picked once and kept, so ``stop PART`` / ``start PART``
+bring a part back at the same address, which is what fault tests need.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from loqua_devstack import binaries, processes
+from loqua_devstack.pki import ControlPlanePki, ensure_pki
+
+PARTS = ("etcd", "kube-apiserver", "kube-controller-manager", "livekit", "loqua-api")
+DEFAULT_AGENT_ID = "loqua-dev-tutor"
+LIVEKIT_API_KEY = "devkey"
+LIVEKIT_API_SECRET = "secret"  # what `livekit-server --dev` uses; dev only, never in production
+
+
+def devstack_dir() -> Path:
+    return Path(os.environ.get("LOQUA_DEVSTACK_DIR") or Path.cwd() / ".devstack").resolve()
+
+
+def _say(msg: str) -> None:
+    print(f"[loqua-dev] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Stack:
+    root: Path
+
+    # ---- state -------------------------------------------------------------------------------
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def env_file(self) -> Path:
+        return self.root / "env"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "kubeconfig"
+
+    def log_file(self, part: str) -> Path:
+        return self.root / "logs" / f"{part}.log"
+
+    def load(self) -> dict:
+        if self.state_file.exists():
+            return json.loads(self.state_file.read_text())
+        return {}
+
+    def save(self, state: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+        tmp.replace(self.state_file)
+
+    def _init_state(self) -> dict:
+        state = self.load()
+        ports = state.setdefault("ports", {})
+        for key in ("etcd", "etcd_peer", "apiserver", "kcm", "livekit", "livekit_rtc_tcp", "loqua_api"):
+            ports.setdefault(key, processes.free_port())
+        ports.setdefault("livekit_rtc_udp", processes.free_udp_port())
+        # The operator's webhook port is reserved here so livekit-server can point at it up front.
+        ports.setdefault("operator_webhook", processes.free_port())
+        sec = state.setdefault("secrets", {})
+        sec.setdefault("loqua_jwt_secret", secrets.token_urlsafe(32))
+        sec.setdefault("shared_secret", secrets.token_urlsafe(24))
+        sec.setdefault("admin_token", secrets.token_urlsafe(24))
+        state.setdefault("pids", {})
+        state.setdefault("webhook_url", f"http://127.0.0.1:{ports['operator_webhook']}/webhooks/livekit")
+        self.save(state)
+        return state
+
+    # ---- parts -------------------------------------------------------------------------------
+    def _pki(self) -> ControlPlanePki:
+        return ensure_pki(self.root / "pki")
+
+    def _apiserver_ssl(self) -> ssl.SSLContext:
+        pki = self._pki()
+        ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+        ctx.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
+        return ctx
+
+    def _part_specs(self, state: dict) -> dict[str, tuple[list[str], dict[str, str], Callable[[], bool]]]:
+        """Command line, extra environment and readiness probe of each part."""
+        p = state["ports"]
+        pki = self._pki()
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        specs: dict[str, tuple[list[str], dict[str, str], Callable[[], bool]]] = {}
+        specs["etcd"] = (
+            [
+                str(binaries.path_of("etcd")),
+                "--name=devstack",
+                f"--data-dir={self.root / 'etcd-data'}",
+                f"--listen-client-urls=http://127.0.0.1:{p['etcd']}",
+                f"--advertise-client-urls=http://127.0.0.1:{p['etcd']}",
+                f"--listen-peer-urls=http://127.0.0.1:{p['etcd_peer']}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{p['etcd_peer']}",
+                f"--initial-cluster=devstack=http://127.0.0.1:{p['etcd_peer']}",
+                "--unsafe-no-fsync",  # test data only: fsync makes every write wait on the disk
+                "--log-level=warn",
+            ],
+            {},
+            lambda: processes.http_ok(f"http://127.0.0.1:{p['etcd']}/health"),
+        )
+        specs["kube-apiserver"] = (
+            [
+                str(binaries.path_of("kube-apiserver")),
+                f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
+                f"--cert-dir={self.root / 'pki'}",
+                f"--tls-cert-file={pki.serving_cert}",
+                f"--tls-private-key-file={pki.serving_key}",
+                f"--client-ca-file={pki.ca_cert}",
+                f"--secure-port={p['apiserver']}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki.sa_pub}",
+                f"--service-account-signing-key-file={pki.sa_key}",
+                "--authorization-mode=RBAC",
+                "--allow-privileged=true",
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+                "--v=1",
+            ],
+            {},
+            lambda: processes.http_ok(
+                f"https://127.0.0.1:{p['apiserver']}/readyz", context=self._apiserver_ssl()
+            ),
+        )
+        specs["kube-controller-manager"] = (
+            [
+                str(binaries.path_of("kube-controller-manager")),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={p['kcm']}",
+                f"--cert-dir={self.root / 'kcm-certs'}",
+                f"--service-account-private-key-file={pki.sa_key}",
+                f"--root-ca-file={pki.ca_cert}",
+                f"--cluster-signing-cert-file={pki.ca_cert}",
+                f"--cluster-signing-key-file={pki.ca_key}",
+                "--use-service-account-credentials=false",
+                "--leader-elect=false",
+                "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-route",
+                "--v=1",
+            ],
+            {},
+            lambda: processes.http_ok(f"https://127.0.0.1:{p['kcm']}/healthz", context=insecure),
+        )
+        livekit_config = "\n".join(
+            [
+                f"port: {p['livekit']}",
+                "bind_addresses: ['127.0.0.1']",
+                "rtc:",
+                f"  tcp_port: {p['livekit_rtc_tcp']}",
+                f"  udp_port: {p['livekit_rtc_udp']}",
+                "  use_external_ip: false",
+                "  enable_loopback_candidate: true",
+                "keys:",
+                f"  {LIVEKIT_API_KEY}: {LIVEKIT_API_SECRET}",
+                "webhook:",
+                f"  api_key: {LIVEKIT_API_KEY}",
+                "  urls:",
+                f"    - {state['webhook_url']}",
+                "logging:",
+                "  level: info",
+            ]
+        )
+        specs["livekit"] = (
+            [
+                str(binaries.path_of("livekit-server")),
+                "--dev",
+                "--bind=127.0.0.1",
+                "--node-ip=127.0.0.1",
+                f"--config-body={livekit_config}",
+            ],
+            {},
+            lambda: processes.http_ok(f"http://127.0.0.1:{p['livekit']}/"),
+        )
+        sec = state["secrets"]
+        specs["loqua-api"] = (
+            [
+                sys.executable,
+                "-m",
+                "loqua_devstack.loqua_api",
+                "--host=127.0.0.1",
+                f"--port={p['loqua_api']}",
+                f"--db={self.root / 'loqua-api.sqlite'}",
+            ],
+            {
+                "LOQUA_JWT_SECRET": sec["loqua_jwt_secret"],
+                "SHARED_SECRET": sec["shared_secret"],
+                "SHARED_SECRET_PAD_BYTE": "0x00",
+                "LOQUA_ADMIN_TOKEN": sec["admin_token"],
+            },
+            lambda: processes.http_ok(f"http://127.0.0.1:{p['loqua_api']}/healthz"),
+        )
+        return specs
+
+    def _write_kubeconfig(self, state: dict) -> None:
+        pki = self._pki()
+
+        def b64(path: Path) -> str:
+            return base64.b64encode(path.read_bytes()).decode()
+
+        server = f"https://127.0.0.1:{state['ports']['apiserver']}"
+        self.kubeconfig.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {
+                            "name": "devstack",
+                            "cluster": {"server": server, "certificate-authority-data": b64(pki.ca_cert)},
+                        }
+                    ],
+                    "users": [
+                        {
+                            "name": "admin",
+                            "user": {
+                                "client-certificate-data": b64(pki.admin_cert),
+                                "client-key-data": b64(pki.admin_key),
+                            },
+                        }
+                    ],
+                    "contexts": [{"name": "devstack", "context": {"cluster": "devstack", "user": "admin"}}],
+                    "current-context": "devstack",
+                },
+                indent=2,
+            )
+        )
+        self.kubeconfig.chmod(0o600)
+
+    def env(self, state: dict | None = None) -> dict[str, str]:
+        """The connection settings written to ``.devstack/env``."""
+        state = state or self.load()
+        p, sec = state["ports"], state["secrets"]
+        from loqua_devstack.loqua_api.tokens import mint_agent_token
+
+        agent_token = state.get("agent_jwt_token")
+        if not agent_token:
+            agent_token = mint_agent_token(sec["loqua_jwt_secret"], DEFAULT_AGENT_ID, 30 * 24 * 3600)
+            state["agent_jwt_token"] = agent_token
+            self.save(state)
+        loqua_url = f"http://127.0.0.1:{p['loqua_api']}"
+        return {
+            "DEVSTACK_DIR": str(self.root),
+            "KUBECONFIG": str(self.kubeconfig),
+            "KUBE_APISERVER_URL": f"https://127.0.0.1:{p['apiserver']}",
+            "LIVEKIT_URL": f"ws://127.0.0.1:{p['livekit']}",
+            "LIVEKIT_API_KEY": LIVEKIT_API_KEY,
+            "LIVEKIT_API_SECRET": LIVEKIT_API_SECRET,
+            "LOQUA_API_URL": loqua_url,
+            "API_BASE_URL": loqua_url,
+            "LOQUA_ADMIN_TOKEN": sec["admin_token"],
+            "LOQUA_JWT_SECRET": sec["loqua_jwt_secret"],
+            "AGENT_JWT_TOKEN": agent_token,
+            "AGENT_ID": DEFAULT_AGENT_ID,
+            "SHARED_SECRET": sec["shared_secret"],
+            "SHARED_SECRET_PAD_BYTE": "0x00",
+            "WEBHOOK_PORT": str(p["operator_webhook"]),
+            "LIVEKIT_WEBHOOK_URL": state["webhook_url"],
+            "HELM_BIN": str(binaries.BINARIES["helm"].path),
+            "PROMTOOL_BIN": str(binaries.BINARIES["promtool"].path),
+        }
+
+    def _write_env(self, state: dict) -> None:
+        lines = [f"{k}={v}" for k, v in self.env(state).items()]
+        self.env_file.write_text("# written by `loqua-dev up`; source with: set -a; . .devstack/env; set +a\n"
+                                 + "\n".join(lines) + "\n")
+        self.env_file.chmod(0o600)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def _available_parts(self) -> list[str]:
+        """kube-controller-manager is optional: used when its binary is built."""
+        parts = list(PARTS)
+        if not binaries.BINARIES["kube-controller-manager"].path.exists():
+            parts.remove("kube-controller-manager")
+        return parts
+
+    def start_part(self, part: str, state: dict | None = None, timeout: float = 90.0) -> None:
+        if part not in PARTS:
+            raise ValueError(f"unknown part {part!r}; parts are: {', '.join(PARTS)}")
+        state = state or self.load()
+        if not state:
+            raise RuntimeError("the stack was never started here: run `loqua-dev up` first")
+        pid = state["pids"].get(part)
+        if processes.is_alive(pid):
+            return
+        cmd, extra_env, ready = self._part_specs(state)[part]
+        log = self.log_file(part)
+        env = dict(os.environ, **extra_env)
+        started = time.monotonic()
+        pid = processes.spawn(cmd, log, env=env, cwd=self.root)
+        state["pids"][part] = pid
+        self.save(state)
+        processes.wait_until(ready, part, timeout, pid=pid, log_file=log)
+        _say(f"{part} ready in {time.monotonic() - started:.1f} s (pid {pid}, log {log})")
+
+    def stop_part(self, part: str) -> None:
+        state = self.load()
+        pid = state.get("pids", {}).pop(part, None)
+        processes.stop(pid)
+        if state:
+            self.save(state)
+
+    def up(self) -> dict[str, str]:
+        """Start every part that is not running (reusing a running stack) and write the env file."""
+        binaries.ensure_all()
+        self.root.mkdir(parents=True, exist_ok=True)
+        state = self._init_state()
+        self._pki()
+        self._write_kubeconfig(state)
+        started = time.monotonic()
+        for part in self._available_parts():
+            self.start_part(part, state)
+        self._write_env(state)
+        _say(f"stack up in {time.monotonic() - started:.1f} s; settings in {self.env_file}")
+        return self.env(state)
+
+    def down(self) -> None:
+        state = self.load()
+        for part in reversed(PARTS):
+            pid = state.get("pids", {}).get(part)
+            if processes.is_alive(pid):
+                _say(f"stopping {part} (pid {pid})")
+            processes.stop(pid)
+        if state:
+            state["pids"] = {}
+            self.save(state)
+
+    def status(self) -> dict[str, dict]:
+        state = self.load()
+        ports = state.get("ports", {})
+        where = {
+            "etcd": f"http://127.0.0.1:{ports.get('etcd')}",
+            "kube-apiserver": f"https://127.0.0.1:{ports.get('apiserver')}",
+            "kube-controller-manager": f"https://127.0.0.1:{ports.get('kcm')}",
+            "livekit": f"ws://127.0.0.1:{ports.get('livekit')}",
+            "loqua-api": f"http://127.0.0.1:{ports.get('loqua_api')}",
+        }
+        out = {}
+        for part in PARTS:
+            pid = state.get("pids", {}).get(part)
+            out[part] = {"running": processes.is_alive(pid), "pid": pid, "address": where[part]}
+        return out
+
+    def is_up(self) -> bool:
+        status = self.status()
+        return bool(self.load()) and all(status[p]["running"] for p in self._available_parts())
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            env[key] = value
+    return env

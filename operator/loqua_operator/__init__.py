@@ -1,0 +1,3 @@
+"""The AgentDispatch operator (kopf)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,155 @@
+"""Bind objects to LiveKit dispatches and release them: the operator's domain service.
+
+Handlers call this; it observes LiveKit through the gateway, asks the pure planners what to do,
+acts, and reports back a status patch plus the Events to post. One asyncio lock per
+(room, agent name) serialises work on the same dispatch within the (single, leader) process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from loqua_operator import decisions, status
+from loqua_operator.livekit_gateway import LiveKitError, LiveKitGateway, with_retries
+from loqua_operator.metrics import OperatorMetrics
+from loqua_operator.model import DispatchKey, DispatchSpec, ObjectRef, ObservedDispatch
+from loqua_operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    error: LiveKitError | None = None
+
+
+def room_timeouts(ttl_seconds: int) -> tuple[int, int]:
+    """(empty_timeout, departure_timeout) so LiveKit keeps the room through the reconnect window."""
+    keep = max(ttl_seconds, 20) + 60  # LiveKit's defaults are 300 s / 20 s; never go below them
+    return max(keep, 300), keep
+
+
+class Dispatcher:
+    def __init__(self, gateway: LiveKitGateway, metrics: OperatorMetrics, settings: OperatorSettings) -> None:
+        self._gw = gateway
+        self._metrics = metrics
+        self._settings = settings
+        self._locks: dict[DispatchKey, asyncio.Lock] = {}
+
+    def lock(self, key: DispatchKey) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def observe(self, room: str) -> list[ObservedDispatch]:
+        try:
+            return await self._gw.list_dispatches(room)
+        except LiveKitError as exc:
+            if exc.code == "not_found":  # no such room: no dispatches
+                return []
+            raise
+
+    async def _remove_duplicates(self, room: str, duplicates: Iterable[ObservedDispatch]) -> list[str]:
+        removed = []
+        for dup in duplicates:
+            if await self._gw.delete_dispatch(room, dup.id):
+                self._metrics.duplicates_removed.inc()
+                self._metrics.dispatches_deleted.labels("duplicate").inc()
+            removed.append(dup.id)
+        return removed
+
+    async def _bind_once(
+        self, spec: DispatchSpec, current: dict[str, Any]
+    ) -> tuple[decisions.DispatchPlan, ObservedDispatch, list[str]]:
+        observed = await self.observe(spec.room)
+        plan = decisions.plan_dispatch(spec.agent_name, observed, current.get("dispatchId"), current.get("reused"))
+        removed = await self._remove_duplicates(spec.room, plan.delete)
+        if plan.create:
+            empty_timeout, departure_timeout = room_timeouts(spec.ttl_seconds)
+            await self._gw.ensure_room(spec.room, empty_timeout, departure_timeout)
+            kept = await self._gw.create_dispatch(spec.room, spec.agent_name, spec.metadata)
+        else:
+            assert plan.keep is not None
+            kept = plan.keep
+        return plan, kept, removed
+
+    async def bind(self, spec: DispatchSpec, current: dict[str, Any], generation: int) -> Outcome:
+        """Make sure one live dispatch serves ``spec`` and record it in the status."""
+        async with self.lock(spec.key):
+            try:
+                plan, kept, removed = await with_retries(
+                    lambda: self._bind_once(spec, current),
+                    attempts=self._settings.livekit_retry_attempts,
+                    base_seconds=self._settings.livekit_retry_base_seconds,
+                )
+            except LiveKitError as exc:
+                self._metrics.dispatch_failures.inc()
+                now = dt.datetime.now(dt.UTC)
+                return Outcome(
+                    status=status.failed_status(current, str(exc), "LiveKitError", generation, now),
+                    events=[Event("Warning", "DispatchFailed", f"{exc}; retrying with backoff")],
+                    error=exc,
+                )
+        events: list[Event] = []
+        if removed:
+            events.append(
+                Event(
+                    "Warning",
+                    "DuplicatesRemoved",
+                    f"kept dispatch {kept.id} (most recent) and deleted {len(removed)} duplicate(s): "
+                    + ", ".join(removed),
+                )
+            )
+        first_binding = current.get("dispatchId") != kept.id
+        if first_binding:
+            if plan.create:
+                self._metrics.dispatches_created.inc()
+                events.append(Event("Normal", "DispatchCreated", f"created LiveKit dispatch {kept.id} "
+                                    f"for agent {spec.agent_name} in room {spec.room}"))
+            else:
+                self._metrics.dispatches_reused.inc()
+                events.append(Event("Normal", "DispatchReused", f"reusing live LiveKit dispatch {kept.id} "
+                                    f"for agent {spec.agent_name} in room {spec.room}"))
+        now = dt.datetime.now(dt.UTC)
+        return Outcome(status=status.dispatched_status(current, kept.id, plan.reused, generation, now),
+                       events=events)
+
+    async def release(
+        self, me: ObjectRef, spec: DispatchSpec, holders: Iterable[tuple[ObjectRef, bool]]
+    ) -> Outcome:
+        """The finalizer's work: delete the LiveKit dispatch unless another object still uses it."""
+        async with self.lock(spec.key):
+            observed = await with_retries(
+                lambda: self.observe(spec.room),
+                attempts=self._settings.livekit_retry_attempts,
+                base_seconds=self._settings.livekit_retry_base_seconds,
+            )
+            plan = decisions.plan_release(me, spec.key, observed, holders)
+            if plan.shared_with:
+                names = ", ".join(f"{r.namespace}/{r.name}" for r in plan.shared_with)
+                return Outcome(events=[Event("Normal", "DispatchKept", f"dispatch kept: still used by {names}")])
+            deleted = []
+            for dispatch in plan.delete:
+                gone = await with_retries(
+                    lambda d=dispatch: self._gw.delete_dispatch(spec.room, d.id),
+                    attempts=self._settings.livekit_retry_attempts,
+                    base_seconds=self._settings.livekit_retry_base_seconds,
+                )
+                if gone:
+                    self._metrics.dispatches_deleted.labels("finalizer").inc()
+                deleted.append(dispatch.id)
+        if not deleted:
+            return Outcome(events=[Event("Normal", "DispatchGone", "LiveKit had no dispatch left to delete")])
+        return Outcome(events=[Event("Normal", "DispatchDeleted", f"deleted LiveKit dispatch {', '.join(deleted)}")])

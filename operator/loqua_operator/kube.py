@@ -1,0 +1,109 @@
+"""The operator's direct Kubernetes calls (besides kopf's watches): holders of a dispatch, Leases.
+
+The official client is synchronous; calls run in a thread so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+from loqua_operator.model import DispatchKey, ObjectRef
+
+GROUP = "agents.loqua.app"
+VERSION = "v1alpha1"
+PLURAL = "agentdispatches"
+KIND = "AgentDispatch"
+
+
+def load_config() -> None:
+    """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+
+
+def _field_value(value: str) -> str:
+    # Field selector values escape backslash, comma and equals (room names allow none today).
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=")
+
+
+class Kube:
+    def __init__(self, namespaces: list[str] | None = None) -> None:
+        self._namespaces = namespaces or []
+        self._custom = kubernetes.client.CustomObjectsApi()
+        self._coord = kubernetes.client.CoordinationV1Api()
+
+    async def holders(self, key: DispatchKey) -> list[tuple[ObjectRef, bool]]:
+        """Objects referencing (room, agent name), each with whether it is being deleted.
+
+        A fresh, consistent list from the API server (the CRD declares ``spec.room`` and
+        ``spec.agentName`` as selectable fields), so two finalizers never both keep a dispatch.
+        """
+        selector = f"spec.room={_field_value(key.room)},spec.agentName={_field_value(key.agent_name)}"
+
+        def fetch() -> list[dict[str, Any]]:
+            if not self._namespaces:
+                resp = self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, field_selector=selector)
+                return list(resp.get("items", []))
+            items: list[dict[str, Any]] = []
+            for ns in self._namespaces:
+                resp = self._custom.list_namespaced_custom_object(
+                    GROUP, VERSION, ns, PLURAL, field_selector=selector
+                )
+                items.extend(resp.get("items", []))
+            return items
+
+        items = await asyncio.to_thread(fetch)
+        return [
+            (
+                ObjectRef(i["metadata"]["namespace"], i["metadata"]["name"]),
+                bool(i["metadata"].get("deletionTimestamp")),
+            )
+            for i in items
+        ]
+
+    async def list_all(self) -> list[dict[str, Any]]:
+        def fetch() -> list[dict[str, Any]]:
+            if not self._namespaces:
+                return list(self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL).get("items", []))
+            items: list[dict[str, Any]] = []
+            for ns in self._namespaces:
+                items.extend(self._custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL).get("items", []))
+            return items
+
+        return await asyncio.to_thread(fetch)
+
+    async def delete_object(self, ref: ObjectRef, uid: str | None = None) -> bool:
+        """Delete an AgentDispatch (for TTL expiry); False when it is already gone."""
+        body = {"preconditions": {"uid": uid}} if uid else None
+
+        def call() -> None:
+            self._custom.delete_namespaced_custom_object(GROUP, VERSION, ref.namespace, PLURAL, ref.name, body=body)
+
+        try:
+            await asyncio.to_thread(call)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
+    # ---- Lease -----------------------------------------------------------------------------------
+    async def read_lease(self, namespace: str, name: str) -> Any | None:
+        try:
+            return await asyncio.to_thread(self._coord.read_namespaced_lease, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def create_lease(self, namespace: str, body: dict[str, Any]) -> Any:
+        return await asyncio.to_thread(self._coord.create_namespaced_lease, namespace, body)
+
+    async def replace_lease(self, namespace: str, name: str, body: dict[str, Any]) -> Any:
+        return await asyncio.to_thread(self._coord.replace_namespaced_lease, name, namespace, body)

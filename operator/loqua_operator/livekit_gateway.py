@@ -1,0 +1,134 @@
+"""The operator's only door to LiveKit: typed calls, error translation, retries and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import aiohttp
+from livekit import api
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
+
+from loqua_operator.metrics import OperatorMetrics
+from loqua_operator.model import ObservedDispatch
+from loqua_operator.settings import OperatorSettings
+
+T = TypeVar("T")
+
+
+class LiveKitError(Exception):
+    """A LiveKit call failed. ``code`` is Twirp's code, or ``unavailable`` for transport errors."""
+
+    def __init__(self, method: str, code: str, message: str, retryable: bool) -> None:
+        super().__init__(f"LiveKit {method} failed: {code}: {message}")
+        self.method = method
+        self.code = code
+        self.retryable = retryable
+
+
+RETRYABLE_CODES = {"unavailable", "internal", "unknown", "deadline_exceeded", "resource_exhausted", "aborted"}
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, LiveKitError) and exc.retryable
+
+
+async def with_retries(
+    fn: Callable[[], Awaitable[T]], attempts: int, base_seconds: float, jitter_seconds: float = 0.25
+) -> T:
+    """Run ``fn`` and retry retryable LiveKit errors ``attempts`` times after 1 s, 2 s, 4 s (× base)."""
+    async for attempt in AsyncRetrying(
+        stop=stop_after_attempt(attempts + 1),
+        wait=wait_exponential(multiplier=base_seconds, min=base_seconds) + wait_random(0, jitter_seconds),
+        retry=retry_if_exception(is_retryable),
+        reraise=True,
+    ):
+        with attempt:
+            return await fn()
+    raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+
+
+class LiveKitGateway:
+    def __init__(self, settings: OperatorSettings, metrics: OperatorMetrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._api: api.LiveKitAPI | None = None
+
+    async def start(self) -> None:
+        self._api = api.LiveKitAPI(
+            self._settings.livekit_http_url,
+            self._settings.livekit_api_key.get_secret_value(),
+            self._settings.livekit_api_secret.get_secret_value(),
+            timeout=aiohttp.ClientTimeout(total=self._settings.livekit_timeout_seconds),
+            failover=False,
+        )
+
+    async def close(self) -> None:
+        if self._api is not None:
+            await self._api.aclose()
+            self._api = None
+
+    @property
+    def lk(self) -> api.LiveKitAPI:
+        if self._api is None:
+            raise RuntimeError("LiveKitGateway.start() was not awaited")
+        return self._api
+
+    async def _call(self, method: str, fn: Callable[[], Awaitable[T]]) -> T:
+        started = time.perf_counter()
+        self._metrics.livekit_requests.labels(method).inc()
+        try:
+            result = await fn()
+        except api.TwirpError as exc:
+            self._metrics.livekit_up.set(1)  # the server answered, even if with an error
+            code = str(exc.code or "unknown")
+            self._metrics.livekit_errors.labels(method, code).inc()
+            retryable = code in RETRYABLE_CODES or (exc.status or 0) >= 500
+            raise LiveKitError(method, code, exc.message or "", retryable) from None
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            self._metrics.livekit_up.set(0)
+            self._metrics.livekit_errors.labels(method, "unavailable").inc()
+            reason = type(exc).__name__ if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
+            raise LiveKitError(method, "unavailable", reason, retryable=True) from None
+        finally:
+            self._metrics.livekit_duration.labels(method).observe(time.perf_counter() - started)
+        self._metrics.livekit_up.set(1)
+        return result
+
+    # ---- dispatches ------------------------------------------------------------------------------
+    async def list_dispatches(self, room: str) -> list[ObservedDispatch]:
+        found = await self._call("ListDispatch", lambda: self.lk.agent_dispatch.list_dispatch(room))
+        return [ObservedDispatch.from_livekit(d) for d in found]
+
+    async def create_dispatch(self, room: str, agent_name: str, metadata: str) -> ObservedDispatch:
+        req = api.CreateAgentDispatchRequest(agent_name=agent_name, room=room, metadata=metadata)
+        created = await self._call("CreateDispatch", lambda: self.lk.agent_dispatch.create_dispatch(req))
+        return ObservedDispatch.from_livekit(created)
+
+    async def delete_dispatch(self, room: str, dispatch_id: str) -> bool:
+        """Delete one dispatch; False when LiveKit no longer had it (not an error)."""
+        try:
+            await self._call("DeleteDispatch", lambda: self.lk.agent_dispatch.delete_dispatch(dispatch_id, room))
+        except LiveKitError as exc:
+            if exc.code == "not_found":
+                return False
+            raise
+        return True
+
+    # ---- rooms -----------------------------------------------------------------------------------
+    async def ensure_room(self, room: str, empty_timeout: int, departure_timeout: int) -> None:
+        """Create the room (no-op when it exists) with timeouts that outlast the object's TTL."""
+        req = api.CreateRoomRequest(name=room, empty_timeout=empty_timeout, departure_timeout=departure_timeout)
+        await self._call("CreateRoom", lambda: self.lk.room.create_room(req))
+
+    async def list_rooms(self, names: list[str] | None = None) -> list[api.Room]:
+        resp = await self._call("ListRooms", lambda: self.lk.room.list_rooms(api.ListRoomsRequest(names=names or [])))
+        return list(resp.rooms)
+
+    async def list_participants(self, room: str) -> list[api.ParticipantInfo]:
+        resp = await self._call(
+            "ListParticipants", lambda: self.lk.room.list_participants(api.ListParticipantsRequest(room=room))
+        )
+        return list(resp.participants)

@@ -1,0 +1,111 @@
+"""Prometheus metrics of the operator (prefix ``loqua_operator_``)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from loqua_common.metrics import duration_buckets
+from loqua_operator.status import Phase
+
+PREFIX = "loqua_operator"
+
+
+class PhaseCollector(Collector):
+    """``loqua_operator_objects{phase}``: objects by phase, from what the operator last wrote."""
+
+    def __init__(self) -> None:
+        self._phases: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    def set(self, namespace: str, name: str, phase: str) -> None:
+        with self._lock:
+            self._phases[(namespace, name)] = phase
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._phases.pop((namespace, name), None)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            counts = {p.value: 0 for p in Phase}
+            for phase in self._phases.values():
+                counts[phase] = counts.get(phase, 0) + 1
+        return counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(f"{PREFIX}_objects", "AgentDispatch objects by phase", labels=["phase"])
+        for phase, count in sorted(self.counts().items()):
+            family.add_metric([phase], count)
+        yield family
+
+
+class OperatorMetrics:
+    """All operator series in one place, registered on one registry."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        buckets = duration_buckets()
+        self.info = Info(f"{PREFIX}_build", "Operator build and deployment information", registry=registry)
+        self.dispatches_created = Counter(
+            f"{PREFIX}_dispatches_created_total", "LiveKit dispatches created", registry=registry
+        )
+        self.dispatches_reused = Counter(
+            f"{PREFIX}_dispatches_reused_total",
+            "Objects bound to a LiveKit dispatch that already existed",
+            registry=registry,
+        )
+        self.duplicates_removed = Counter(
+            f"{PREFIX}_duplicate_dispatches_removed_total",
+            "Extra dispatches for one (room, agent name) deleted",
+            registry=registry,
+        )
+        self.dispatches_deleted = Counter(
+            f"{PREFIX}_dispatches_deleted_total",
+            "LiveKit dispatches deleted, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.dispatch_failures = Counter(
+            f"{PREFIX}_dispatch_failures_total",
+            "Reconciles that ended Failed after the in-call retries",
+            registry=registry,
+        )
+        self.livekit_errors = Counter(
+            f"{PREFIX}_livekit_errors_total",
+            "Failed LiveKit API calls by method and error code",
+            ["method", "code"],
+            registry=registry,
+        )
+        self.livekit_requests = Counter(
+            f"{PREFIX}_livekit_requests_total", "LiveKit API calls by method", ["method"], registry=registry
+        )
+        self.livekit_duration = Histogram(
+            f"{PREFIX}_livekit_request_duration_seconds",
+            "LiveKit API call duration by method",
+            ["method"],
+            buckets=buckets,
+            registry=registry,
+        )
+        self.livekit_up = Gauge(
+            f"{PREFIX}_livekit_up", "1 when the last LiveKit call reached the server", registry=registry
+        )
+        self.reconcile_duration = Histogram(
+            f"{PREFIX}_reconcile_duration_seconds",
+            "Duration of one reconcile by handler",
+            ["handler"],
+            buckets=buckets,
+            registry=registry,
+        )
+        self.reconcile_errors = Counter(
+            f"{PREFIX}_reconcile_errors_total", "Reconciles that raised, by handler", ["handler"],
+            registry=registry,
+        )
+        self.is_leader = Gauge(
+            f"{PREFIX}_leader", "1 while this replica holds the leader Lease", registry=registry
+        )
+        self.phases = PhaseCollector()
+        registry.register(self.phases)

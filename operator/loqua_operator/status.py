@@ -1,0 +1,131 @@
+"""Pure status derivation: phases and conditions shaped like metav1.Condition."""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Any
+
+READY = "Ready"
+DISPATCHED = "Dispatched"
+MAX_MESSAGE = 1024  # keep conditions readable and objects small
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    DISPATCHED = "Dispatched"
+    ACTIVE = "Active"
+    IDLE = "Idle"
+    FAILED = "Failed"
+
+
+def iso(ts: dt.datetime) -> str:
+    """RFC 3339 with a Z, second precision, the way Kubernetes writes metav1.Time."""
+    return ts.astimezone(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def condition(
+    existing: list[dict[str, Any]] | None,
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    """Return ``existing`` with condition ``type_`` set; lastTransitionTime moves only on a change."""
+    status_str = "True" if status else "False"
+    out: list[dict[str, Any]] = []
+    found = False
+    for cond in existing or []:
+        if cond.get("type") != type_:
+            out.append(dict(cond))
+            continue
+        found = True
+        changed = cond.get("status") != status_str
+        out.append(
+            {
+                "type": type_,
+                "status": status_str,
+                "reason": reason,
+                "message": message[:MAX_MESSAGE],
+                "lastTransitionTime": iso(now) if changed else cond.get("lastTransitionTime", iso(now)),
+                "observedGeneration": generation,
+            }
+        )
+    if not found:
+        out.append(
+            {
+                "type": type_,
+                "status": status_str,
+                "reason": reason,
+                "message": message[:MAX_MESSAGE],
+                "lastTransitionTime": iso(now),
+                "observedGeneration": generation,
+            }
+        )
+    return out
+
+
+def dispatched_status(
+    current: dict[str, Any],
+    dispatch_id: str,
+    reused: bool,
+    generation: int,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """Status once the object is bound to a live dispatch."""
+    conds = condition(
+        current.get("conditions"),
+        DISPATCHED,
+        True,
+        "DispatchReused" if reused else "DispatchCreated",
+        f"LiveKit dispatch {dispatch_id} serves this room",
+        generation,
+        now,
+    )
+    conds = condition(conds, READY, True, "DispatchLive", f"dispatch {dispatch_id} is live", generation, now)
+    phase = current.get("phase")
+    # Active/Idle come from the lifecycle tracker and stay while the dispatch is unchanged.
+    keep_phase = phase in (Phase.ACTIVE, Phase.IDLE) and current.get("dispatchId") == dispatch_id
+    return {
+        "phase": phase if keep_phase else Phase.DISPATCHED.value,
+        "dispatchId": dispatch_id,
+        "reused": reused,
+        "lastError": None,
+        "observedGeneration": generation,
+        "conditions": conds,
+    }
+
+
+def failed_status(
+    current: dict[str, Any],
+    error: str,
+    reason: str,
+    generation: int,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """Status after the in-call retries are spent: Failed, Ready=False with the error."""
+    conds = condition(current.get("conditions"), READY, False, reason, error, generation, now)
+    if not current.get("dispatchId"):
+        conds = condition(conds, DISPATCHED, False, reason, error, generation, now)
+    return {
+        "phase": Phase.FAILED.value,
+        "lastError": error[:MAX_MESSAGE],
+        "observedGeneration": generation,
+        "conditions": conds,
+    }
+
+
+def pending_status(current: dict[str, Any], generation: int, now: dt.datetime) -> dict[str, Any]:
+    conds = condition(
+        current.get("conditions"), READY, False, "Reconciling", "looking up LiveKit dispatches", generation, now
+    )
+    conds = condition(conds, DISPATCHED, False, "Reconciling", "no dispatch bound yet", generation, now)
+    return {"phase": Phase.PENDING.value, "observedGeneration": generation, "conditions": conds}

@@ -1,0 +1,50 @@
+"""Shared fixtures: the local stack of real components, and clients for its parts.
+
+`stack_env` uses a stack that is already running (``.devstack/env`` and every part up) or starts
+one for the test session and stops it afterwards. Integration tests never mock the parts.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from loqua_devstack.stack import Stack, devstack_dir
+
+
+def _needs_stack(item: pytest.Item) -> bool:
+    return any(item.get_closest_marker(m) for m in ("integration", "e2e", "chart"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Unit tests first: they fail fast and need no servers.
+    items.sort(key=_needs_stack)
+
+
+@pytest.fixture(scope="session")
+def stack_env() -> Iterator[dict[str, str]]:
+    stack = Stack(devstack_dir())
+    started_here = not stack.is_up()
+    if started_here:
+        stack.up()
+    env = stack.env()
+    try:
+        yield env
+    finally:
+        if started_here and not os.environ.get("LOQUA_KEEP_STACK"):
+            stack.down()
+
+
+@pytest.fixture(scope="session")
+def stack(stack_env: dict[str, str]) -> Stack:
+    """The running stack, for tests that stop and start one part (fault tests)."""
+    return Stack(devstack_dir())
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A short name unique to one test, usable for rooms and namespaces."""
+    return f"t-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,143 @@
+"""Reconcile decisions and status derivation: pure functions, no servers."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from loqua_operator import decisions, status
+from loqua_operator.leader import LeaseAction, LeaseView, decide
+from loqua_operator.model import DispatchKey, DispatchSpec, ObjectRef, ObservedDispatch
+
+NOW = dt.datetime(2026, 11, 21, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def d(id_: str, agent: str = "tutor", created: int = 0, room: str = "r1") -> ObservedDispatch:
+    return ObservedDispatch(id=id_, room=room, agent_name=agent, created_at=created)
+
+
+class TestPlanDispatch:
+    def test_nothing_live_creates(self) -> None:
+        plan = decisions.plan_dispatch("tutor", [], None, None)
+        assert plan.create and plan.keep is None and not plan.reused and plan.delete == ()
+
+    def test_default_dispatch_with_empty_name_is_ignored(self) -> None:
+        plan = decisions.plan_dispatch("tutor", [d("AD_default", agent="")], None, None)
+        assert plan.create and plan.delete == ()
+
+    def test_other_agent_names_are_ignored(self) -> None:
+        plan = decisions.plan_dispatch("tutor", [d("AD_x", agent="grammar")], None, None)
+        assert plan.create and plan.delete == ()
+
+    def test_existing_live_dispatch_is_reused(self) -> None:
+        plan = decisions.plan_dispatch("tutor", [d("AD_1", created=5)], None, None)
+        assert not plan.create and plan.keep and plan.keep.id == "AD_1" and plan.reused
+
+    def test_duplicates_keep_most_recent(self) -> None:
+        observed = [d("AD_old", created=1), d("AD_new", created=9), d("AD_mid", created=5), d("AD_dflt", agent="")]
+        plan = decisions.plan_dispatch("tutor", observed, None, None)
+        assert plan.keep and plan.keep.id == "AD_new"
+        assert {x.id for x in plan.delete} == {"AD_old", "AD_mid"}
+        assert plan.duplicates == 2
+
+    def test_tie_on_created_at_is_stable(self) -> None:
+        a = decisions.plan_dispatch("tutor", [d("AD_a"), d("AD_b")], None, None)
+        b = decisions.plan_dispatch("tutor", [d("AD_b"), d("AD_a")], None, None)
+        assert a.keep == b.keep
+
+    @pytest.mark.parametrize("was_reused", [True, False])
+    def test_reused_flag_is_kept_on_same_dispatch(self, was_reused: bool) -> None:
+        plan = decisions.plan_dispatch("tutor", [d("AD_1")], "AD_1", was_reused)
+        assert plan.reused is was_reused
+
+    def test_switching_to_another_live_dispatch_counts_as_reuse(self) -> None:
+        plan = decisions.plan_dispatch("tutor", [d("AD_2")], "AD_1", False)
+        assert plan.keep and plan.keep.id == "AD_2" and plan.reused
+
+
+class TestPlanRelease:
+    key = DispatchKey("r1", "tutor")
+    me = ObjectRef("ns", "a")
+
+    def test_last_holder_deletes_all_of_ours(self) -> None:
+        observed = [d("AD_1"), d("AD_2", created=3), d("AD_dflt", agent=""), d("AD_g", agent="grammar")]
+        plan = decisions.plan_release(self.me, self.key, observed, [(self.me, True)])
+        assert {x.id for x in plan.delete} == {"AD_1", "AD_2"} and plan.shared_with == ()
+
+    def test_shared_dispatch_is_kept(self) -> None:
+        other = ObjectRef("ns2", "b")
+        plan = decisions.plan_release(self.me, self.key, [d("AD_1")], [(self.me, True), (other, False)])
+        assert plan.delete == () and plan.shared_with == (other,)
+
+    def test_other_holder_being_deleted_does_not_keep_it(self) -> None:
+        other = ObjectRef("ns", "b")
+        plan = decisions.plan_release(self.me, self.key, [d("AD_1")], [(self.me, True), (other, True)])
+        assert [x.id for x in plan.delete] == ["AD_1"]
+
+    def test_nothing_left_in_livekit_is_fine(self) -> None:
+        plan = decisions.plan_release(self.me, self.key, [], [(self.me, True)])
+        assert plan.delete == () and plan.shared_with == ()
+
+
+def test_retry_delay_grows_and_caps() -> None:
+    delays = [decisions.retry_delay(i, base=10, cap=120) for i in range(6)]
+    assert delays == [10, 20, 40, 80, 120, 120]
+
+
+class TestStatus:
+    def test_dispatched_status_shape(self) -> None:
+        s = status.dispatched_status({}, "AD_1", False, 3, NOW)
+        assert s["phase"] == "Dispatched" and s["dispatchId"] == "AD_1" and s["reused"] is False
+        assert s["observedGeneration"] == 3 and s["lastError"] is None
+        conds = {c["type"]: c for c in s["conditions"]}
+        assert conds["Ready"]["status"] == "True" and conds["Dispatched"]["reason"] == "DispatchCreated"
+        for c in s["conditions"]:
+            assert set(c) == {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"}
+            assert c["lastTransitionTime"] == "2026-11-21T12:00:00Z" and c["observedGeneration"] == 3
+
+    def test_transition_time_moves_only_on_change(self) -> None:
+        first = status.dispatched_status({}, "AD_1", True, 1, NOW)
+        later = NOW + dt.timedelta(minutes=5)
+        again = status.dispatched_status(first, "AD_1", True, 2, later)
+        ready = next(c for c in again["conditions"] if c["type"] == "Ready")
+        assert ready["lastTransitionTime"] == "2026-11-21T12:00:00Z" and ready["observedGeneration"] == 2
+        failed = status.failed_status(again, "LiveKit down", "LiveKitError", 2, later)
+        ready = next(c for c in failed["conditions"] if c["type"] == "Ready")
+        assert ready["status"] == "False" and ready["lastTransitionTime"] == "2026-11-21T12:05:00Z"
+        assert ready["message"] == "LiveKit down" and failed["phase"] == "Failed"
+
+    def test_failed_without_dispatch_marks_dispatched_false(self) -> None:
+        s = status.failed_status({}, "boom", "LiveKitError", 1, NOW)
+        conds = {c["type"]: c["status"] for c in s["conditions"]}
+        assert conds == {"Ready": "False", "Dispatched": "False"} and s["lastError"] == "boom"
+
+    def test_lifecycle_phase_survives_rebind_to_same_dispatch(self) -> None:
+        current = {"phase": "Active", "dispatchId": "AD_1"}
+        assert status.dispatched_status(current, "AD_1", False, 1, NOW)["phase"] == "Active"
+        assert status.dispatched_status(current, "AD_2", True, 1, NOW)["phase"] == "Dispatched"
+
+
+class TestLease:
+    def test_no_lease_creates(self) -> None:
+        assert decide(None, "me", NOW) is LeaseAction.CREATE
+
+    def test_own_lease_renews(self) -> None:
+        assert decide(LeaseView("me", NOW, 15), "me", NOW) is LeaseAction.RENEW
+
+    def test_live_lease_of_other_waits(self) -> None:
+        view = LeaseView("other", NOW - dt.timedelta(seconds=10), 15)
+        assert decide(view, "me", NOW) is LeaseAction.WAIT
+
+    def test_expired_lease_is_taken_over(self) -> None:
+        view = LeaseView("other", NOW - dt.timedelta(seconds=16), 15)
+        assert decide(view, "me", NOW) is LeaseAction.TAKE_OVER
+
+    def test_released_lease_is_taken_over(self) -> None:
+        assert decide(LeaseView(None, None, 15), "me", NOW) is LeaseAction.TAKE_OVER
+
+
+def test_spec_default_ttl() -> None:
+    s = DispatchSpec.from_body({"room": "r", "agentName": "a"}, default_ttl=300)
+    assert s.ttl_seconds == 300 and s.metadata == "" and s.key == DispatchKey("r", "a")
+    assert DispatchSpec.from_body({"room": "r", "agentName": "a", "ttlSeconds": 0}, 300).ttl_seconds == 0

@@ -5,9 +5,10 @@ Only the standard library is used here so the builder runs before any package is
 Two build recipes:
 - ``go install module/cmd@version`` for modules whose go.mod has no ``replace`` directives
   (livekit-server, helm, promtool);
-- a small *wrapper module* for those that do (kube-apiserver, kube-controller-manager, etcd):
-  the wrapper requires the real module and turns each of its relative ``replace`` lines into a
-  published version, which ``go install`` cannot do by itself.
+- a small *wrapper module* for those whose go.mod has ``replace`` or ``exclude`` directives
+  (kube-apiserver, kube-controller-manager, etcd, promtool), which ``go install`` refuses: the
+  wrapper requires the real module, turns each relative ``replace`` into a published version and
+  copies the ``exclude`` directives, which only take effect in the main module.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ BINARIES: dict[str, GoBinary] = {
             PROMETHEUS_MODULE_VERSION,
             "github.com/prometheus/prometheus/cmd/promtool",
             minutes=4,
+            wrapper_replaces_from="github.com/prometheus/prometheus",
         ),
     )
 }
@@ -199,14 +201,22 @@ def published_replaces(gomod: str, staging_version_for: dict[str, str]) -> dict[
     return replaces
 
 
+def exclude_directives(gomod: str) -> list[str]:
+    """The ``exclude`` lines and blocks of a go.mod, verbatim."""
+    return re.findall(r"^exclude\s+(?:\([^)]*\)|[^\n]+)", gomod, re.M)
+
+
 def _wrapper_gomod(binary: GoBinary, go: str, env: dict[str, str]) -> str:
     upstream = _module_gomod(go, binary.module, binary.version, env)
+    excludes = exclude_directives(upstream)
     if binary.module == "k8s.io/kubernetes":
         minor = KUBERNETES_VERSION.split(".", 1)[1]
         replaces = published_replaces(upstream, {"k8s.io/": f"v0.{minor}"})
-    else:
+    elif binary.module.startswith("go.etcd.io/"):
         # etcd's server requires its sibling modules at real published versions (client/v2 is
         # v2.305.x, not v3.5.x); its relative replaces only matter inside etcd's own repo.
+        replaces = {}
+    else:
         replaces = {}
     lines = [
         "module loqua.local/" + binary.name,
@@ -217,6 +227,7 @@ def _wrapper_gomod(binary: GoBinary, go: str, env: dict[str, str]) -> str:
         "",
     ]
     lines += [f"replace {mod} => {mod} {ver}" for mod, ver in sorted(replaces.items())]
+    lines += ["", *excludes]
     return "\n".join(lines) + "\n"
 
 

@@ -73,12 +73,14 @@ class Dispatcher:
     async def _bind_once(
         self, spec: DispatchSpec, current: dict[str, Any]
     ) -> tuple[decisions.DispatchPlan, ObservedDispatch, list[str]]:
+        # The room must exist first: livekit-server cannot answer ListDispatch for an unknown room
+        # (it times out), and creating it ourselves sets timeouts that outlast the TTL.
+        empty_timeout, departure_timeout = room_timeouts(spec.ttl_seconds)
+        await self._gw.ensure_room(spec.room, empty_timeout, departure_timeout)
         observed = await self.observe(spec.room)
         plan = decisions.plan_dispatch(spec.agent_name, observed, current.get("dispatchId"), current.get("reused"))
         removed = await self._remove_duplicates(spec.room, plan.delete)
         if plan.create:
-            empty_timeout, departure_timeout = room_timeouts(spec.ttl_seconds)
-            await self._gw.ensure_room(spec.room, empty_timeout, departure_timeout)
             kept = await self._gw.create_dispatch(spec.room, spec.agent_name, spec.metadata)
         else:
             assert plan.keep is not None

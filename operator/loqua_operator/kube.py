@@ -6,6 +6,7 @@ The official client is synchronous; calls run in a thread so the event loop neve
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 from typing import Any
 
 import kubernetes
@@ -34,9 +35,19 @@ def _field_value(value: str) -> str:
 
 class Kube:
     def __init__(self, namespaces: list[str] | None = None) -> None:
-        self._namespaces = namespaces or []
+        # kopf accepts glob patterns (``lq-*``); those are listed cluster-wide and filtered here.
+        self._patterns = list(namespaces or [])
+        self._namespaces = [] if any(set(ns) & set("*?[!") for ns in self._patterns) else self._patterns
         self._custom = kubernetes.client.CustomObjectsApi()
         self._coord = kubernetes.client.CoordinationV1Api()
+
+    def watches(self, namespace: str) -> bool:
+        if not self._patterns:
+            return True
+        included = [p for p in self._patterns if not p.startswith("!")]
+        excluded = [p[1:] for p in self._patterns if p.startswith("!")]
+        ok = not included or any(fnmatch.fnmatchcase(namespace, p) for p in included)
+        return ok and not any(fnmatch.fnmatchcase(namespace, p) for p in excluded)
 
     async def holders(self, key: DispatchKey) -> list[tuple[ObjectRef, bool]]:
         """Objects referencing (room, agent name), each with whether it is being deleted.
@@ -58,7 +69,7 @@ class Kube:
                 items.extend(resp.get("items", []))
             return items
 
-        items = await asyncio.to_thread(fetch)
+        items = [i for i in await asyncio.to_thread(fetch) if self.watches(i["metadata"]["namespace"])]
         return [
             (
                 ObjectRef(i["metadata"]["namespace"], i["metadata"]["name"]),
@@ -76,7 +87,7 @@ class Kube:
                 items.extend(self._custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL).get("items", []))
             return items
 
-        return await asyncio.to_thread(fetch)
+        return [i for i in await asyncio.to_thread(fetch) if self.watches(i["metadata"]["namespace"])]
 
     async def delete_object(self, ref: ObjectRef, uid: str | None = None) -> bool:
         """Delete an AgentDispatch (for TTL expiry); False when it is already gone."""

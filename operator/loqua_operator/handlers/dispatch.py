@@ -43,6 +43,12 @@ def post_events(body: kopf.Body, outcome: Outcome) -> None:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
+@kopf.on.login(registry=registry)
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    # In-cluster service account or $KUBECONFIG, the same credentials the kubernetes client uses.
+    return kopf.login_via_client(**kwargs)
+
+
 @kopf.on.startup(registry=registry)
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER

@@ -1,0 +1,277 @@
+"""The Loqua API client: one pooled ``httpx.AsyncClient`` for every endpoint of seed 003.
+
+Every request carries ``Authorization: Bearer``, ``X-Agent-ID`` and ``Content-Type``. Policy:
+
+- retries (tenacity): at most ``max_retries`` (3) after the first attempt, on network errors, 5xx
+  and 429; exponential backoff with jitter, or the 429's ``Retry-After`` (seconds or HTTP date,
+  capped); never on other 4xx;
+- a circuit breaker sees every attempt (network errors and 5xx are failures) and fails calls
+  fast while open;
+- a 401 on a user-token endpoint forces one token refresh and one more try;
+- metrics per attempt with the endpoint *template* as label (never a raw user id).
+
+Errors never carry tokens: messages name the endpoint template and the status only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.utils
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal, Protocol
+from urllib.parse import quote
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from loqua_tutor.breaker import CircuitBreaker, CircuitOpenError
+from loqua_tutor.metrics import JobMetrics
+
+log = logging.getLogger(__name__)
+
+USER_TOKEN = "/api/v1/agent/user-token"
+USER_CONTEXT = "/api/v1/agent/user/{user_id}/context"
+PROGRESS = "/api/v1/agent/progress"
+SESSIONS = "/api/v1/agent/sessions"
+HEALTH = "/api/v1/agent/health"
+
+Auth = Literal["agent", "user"]
+
+
+class ApiError(Exception):
+    """A failed call. ``status`` is None for network errors and timeouts."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        method: str,
+        status: int | None,
+        detail: str,
+        *,
+        retry_after: float | None = None,
+        code: str | None = None,
+    ) -> None:
+        where = f"{method} {endpoint}"
+        super().__init__(
+            f"{where}: {detail}" if status is None else f"{where}: HTTP {status} {detail}".rstrip()
+        )
+        self.endpoint = endpoint
+        self.method = method
+        self.status = status
+        self.retry_after = retry_after
+        self.code = code
+
+    @property
+    def retryable(self) -> bool:
+        return self.status is None or self.status == 429 or self.status >= 500
+
+
+class UserTokens(Protocol):
+    async def get(self) -> str: ...
+
+    async def refresh(self, *, force: bool = False) -> str: ...
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date; ``None`` when absent or invalid."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ApiError) and exc.retryable
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code[:64] if isinstance(code, str) else None
+
+
+class LoquaApiClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        agent_id: str,
+        agent_token: str,
+        breaker: CircuitBreaker,
+        metrics: JobMetrics | None = None,
+        user_tokens: UserTokens | None = None,
+        timeout: float = 10.0,
+        max_retries: int = 3,
+        retry_base: float = 0.5,
+        retry_max: float = 8.0,
+        max_retry_after: float = 60.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._agent_token = agent_token
+        self._agent_id = agent_id
+        self.breaker = breaker
+        self._metrics = metrics
+        self._user_tokens = user_tokens
+        self._max_retries = max_retries
+        self._backoff = wait_exponential_jitter(initial=retry_base, max=retry_max, jitter=retry_base)
+        self._max_retry_after = max_retry_after
+        self._sleep = sleep
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            headers={
+                "X-Agent-ID": agent_id,
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            },
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=10, max_keepalive_connections=5),
+            transport=transport,
+        )
+
+    def set_user_tokens(self, tokens: UserTokens) -> None:
+        self._user_tokens = tokens
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # ---- the five endpoints ------------------------------------------------------------------
+    async def request_user_token(self, *, room_name: str, user_id: str) -> dict[str, Any]:
+        body = {"room_name": room_name, "user_id": user_id, "agent_id": self._agent_id}
+        return await self.call("POST", USER_TOKEN, json_body=body, auth="agent")
+
+    async def get_user_context(self, user_id: str) -> dict[str, Any]:
+        return await self.call("GET", USER_CONTEXT, params={"user_id": user_id}, auth="user")
+
+    async def update_progress(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.call("POST", PROGRESS, json_body=body, auth="user")
+
+    async def create_session(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.call("POST", SESSIONS, json_body=body, auth="user")
+
+    async def health(self, user_id: str) -> dict[str, Any]:
+        return await self.call("POST", HEALTH, json_body={"userId": user_id}, auth="user")
+
+    # ---- machinery ---------------------------------------------------------------------------
+    async def call(
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+        auth: Auth = "user",
+    ) -> dict[str, Any]:
+        path = endpoint.format(**{k: quote(v, safe="") for k, v in (params or {}).items()})
+        try:
+            return await self._with_retries(method, endpoint, path, json_body, auth)
+        except ApiError as exc:
+            if exc.status != 401 or auth != "user" or self._user_tokens is None:
+                raise
+        # The API refused the user token before we expected (revoked, clock skew): get a new one
+        # and try once more.
+        await self._user_tokens.refresh(force=True)
+        return await self._with_retries(method, endpoint, path, json_body, auth)
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, ApiError) and exc.retry_after is not None:
+            return min(exc.retry_after, self._max_retry_after)
+        return float(self._backoff(state))
+
+    async def _with_retries(
+        self, method: str, endpoint: str, path: str, body: Mapping[str, Any] | None, auth: Auth
+    ) -> dict[str, Any]:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._max_retries + 1),
+            wait=self._wait,
+            retry=retry_if_exception(_is_retryable),
+            sleep=self._sleep,
+            reraise=True,
+            before_sleep=lambda s: log.debug(
+                "retrying %s %s (attempt %d): %s",
+                method,
+                endpoint,
+                s.attempt_number,
+                s.outcome.exception() if s.outcome else "",
+            ),
+        )
+        result: dict[str, Any] = {}
+        async for attempt in retrying:
+            with attempt:
+                result = await self._attempt(method, endpoint, path, body, auth)
+        return result
+
+    def _count(self, endpoint: str, method: str, status: str, seconds: float | None) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.api_requests.labels(endpoint, method, status).inc()
+        if seconds is not None:
+            self._metrics.api_request_duration.labels(endpoint, method, status).observe(seconds)
+
+    async def _attempt(
+        self, method: str, endpoint: str, path: str, body: Mapping[str, Any] | None, auth: Auth
+    ) -> dict[str, Any]:
+        if auth == "user":
+            if self._user_tokens is None:
+                raise RuntimeError("no user token source configured")
+            token = await self._user_tokens.get()
+        else:
+            token = self._agent_token
+        try:
+            self.breaker.check()
+        except CircuitOpenError:
+            self._count(endpoint, method, "circuit_open", None)
+            raise
+        started = time.perf_counter()
+        try:
+            response = await self._client.request(
+                method, path, json=body, headers={"Authorization": f"Bearer {token}"}
+            )
+        except httpx.HTTPError as exc:
+            self.breaker.record_failure()
+            self._count(endpoint, method, "error", time.perf_counter() - started)
+            # The type only: httpx messages may echo request details.
+            raise ApiError(endpoint, method, None, f"network error ({type(exc).__name__})") from None
+        status = response.status_code
+        self._count(endpoint, method, str(status), time.perf_counter() - started)
+        if status >= 500:
+            self.breaker.record_failure()
+            raise ApiError(endpoint, method, status, "server error", code=_error_code(response))
+        self.breaker.record_success()  # any non-5xx answer means the API is up
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise ApiError(endpoint, method, status, "rate limited", retry_after=retry_after)
+        if status in (401, 403) and self._metrics is not None:
+            self._metrics.auth_failures.inc()
+        if status >= 400:
+            code = _error_code(response)
+            raise ApiError(endpoint, method, status, code or "", code=code)
+        try:
+            data = response.json()
+        except ValueError:
+            raise ApiError(endpoint, method, status, "response is not JSON") from None
+        if not isinstance(data, dict):
+            raise ApiError(endpoint, method, status, "response is not a JSON object")
+        return data

@@ -1,0 +1,312 @@
+"""One learner session against the Loqua API: context, health, periodic progress, finalize-once.
+
+The conversation never waits for the API. Tools update the tracker in memory; a background loop
+sends progress every ``progress_interval`` seconds when something changed. While the API is down
+the session runs on cached (or default) context and keeps one progress update pending - always
+the latest state - until the API answers again. At the end, :meth:`TutorSession.finalize` sends
+the final progress and the learning-session record exactly once, retrying the record until it
+is delivered or the finalize budget is spent (then it is logged as lost and counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from loqua_tutor.api_client import ApiError, LoquaApiClient
+from loqua_tutor.breaker import CircuitOpenError
+from loqua_tutor.cache import TTLCache
+from loqua_tutor.crypto import TokenDecryptionError
+from loqua_tutor.metrics import JobMetrics
+from loqua_tutor.token_manager import TokenManager, TokenUnavailableError
+from loqua_tutor.tracker import (
+    ProgressStatus,
+    ProgressTracker,
+    UserContext,
+    progress_body,
+    session_record,
+)
+
+log = logging.getLogger(__name__)
+
+# What "the API is unavailable" looks like from here; anything else is a bug and propagates.
+API_UNAVAILABLE = (ApiError, CircuitOpenError, TokenUnavailableError, TokenDecryptionError)
+RECORD_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass(frozen=True)
+class Learner:
+    """The learner's participant attributes (seed 003 names: ``user_id``, ``sessionId``, ...)."""
+
+    user_id: str
+    session_id: str
+    identity: str = ""
+    display_name: str = ""
+    email: str = ""
+
+
+class TutorSession:
+    def __init__(
+        self,
+        *,
+        learner: Learner,
+        room_name: str,
+        api: LoquaApiClient,
+        tokens: TokenManager,
+        context_cache: TTLCache[str, UserContext],
+        metrics: JobMetrics | None = None,
+        progress_interval: float = 30.0,
+        finalize_timeout: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        record_retry_delays: Sequence[float] = RECORD_RETRY_DELAYS,
+    ) -> None:
+        self.learner = learner
+        self.room_name = room_name
+        self.api = api
+        self.tokens = tokens
+        self.tracker = ProgressTracker()
+        self.context = UserContext.default(learner.user_id)
+        self._cache = context_cache
+        self._metrics = metrics
+        self._interval = progress_interval
+        self._finalize_timeout = finalize_timeout
+        self._clock = clock
+        self._wall = wall_clock
+        self._sleep = sleep
+        self._record_delays = tuple(record_retry_delays) or (1.0,)
+        self._started_at: float | None = None
+        self._sent_version = 0
+        self._pending = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._final_lock = asyncio.Lock()
+        self._finalized = False
+        self._failed = False
+        self.record_delivered: bool | None = None  # None until finalize ran
+
+    @property
+    def session_id(self) -> str:
+        return self.learner.session_id
+
+    @property
+    def finalized(self) -> bool:
+        return self._finalized
+
+    def mark_failed(self) -> None:
+        """Something broke in the job: the session ends as ``failed`` rather than ``completed``."""
+        self._failed = True
+
+    # ---- start -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._started_at = self._clock()
+        if self._metrics is not None:
+            self._metrics.sessions_started.inc()
+            self._metrics.active_sessions.inc()
+        self.tokens.start()
+        self.context = await self.load_context()
+        await self.health_check()
+        self._loop_task = asyncio.create_task(self._progress_loop(), name="progress-loop")
+        log.info(
+            "session started: target=%s native=%s pace=%s focus=%s context=%s",
+            self.context.target_language,
+            self.context.native_language,
+            self.context.learning_pace.value,
+            ",".join(self.context.focus_areas) or "-",
+            "api" if self.context.known else "default",
+        )
+
+    async def load_context(self) -> UserContext:
+        """Fresh cache → API → stale cache → defaults. Never raises for an API outage."""
+        user_id = self.learner.user_id
+        cached = self._cache.get(user_id)
+        if cached is not None:
+            return cached
+        try:
+            body = await self.api.get_user_context(user_id)
+        except API_UNAVAILABLE as exc:
+            stale = self._cache.get_stale(user_id)
+            log.warning(
+                "user context unavailable (%s); using %s",
+                type(exc).__name__,
+                "cached context" if stale is not None else "defaults",
+            )
+            return stale if stale is not None else UserContext.default(user_id)
+        context = UserContext.from_api(user_id, body)
+        self._cache.set(user_id, context)
+        return context
+
+    async def health_check(self) -> bool:
+        try:
+            body = await self.api.health(self.learner.user_id)
+        except API_UNAVAILABLE as exc:
+            log.warning("initial health check failed (%s); continuing in degraded mode", type(exc).__name__)
+            return False
+        permissions = body.get("permissions")
+        log.info(
+            "health check: status=%s permissions=%s",
+            body.get("status", "?"),
+            ",".join(p for p in permissions if isinstance(p, str)) if isinstance(permissions, list) else "-",
+        )
+        return body.get("status") == "healthy"
+
+    # ---- progress ----------------------------------------------------------------------------
+    async def _progress_loop(self) -> None:
+        while True:
+            await self._sleep(self._interval)
+            await self.send_progress(ProgressStatus.IN_PROGRESS)
+
+    def _set_pending(self, pending: bool) -> None:
+        if pending != self._pending and self._metrics is not None:
+            (
+                self._metrics.progress_updates_queued.inc
+                if pending
+                else self._metrics.progress_updates_queued.dec
+            )()
+        self._pending = pending
+
+    @property
+    def progress_pending(self) -> bool:
+        return self._pending
+
+    async def send_progress(self, status: ProgressStatus, *, force: bool = False) -> bool:
+        """Send the latest state if it changed since the last delivered update (or is pending).
+        Returns whether the API has the latest state afterwards."""
+        version = self.tracker.version
+        if not force and version == self._sent_version and not self._pending:
+            return True
+        self._set_pending(True)
+        body = progress_body(self.learner.user_id, self.session_id, status, self.tracker.snapshot())
+        try:
+            await self.api.update_progress(body)
+        except API_UNAVAILABLE as exc:
+            if self._metrics is not None:
+                self._metrics.progress_updates.labels("failed").inc()
+            log.warning("progress update not delivered (%s); kept for the next attempt", type(exc).__name__)
+            return False
+        self._sent_version = version
+        self._set_pending(self.tracker.version != version)
+        if self._metrics is not None:
+            self._metrics.progress_updates.labels("sent").inc()
+        return True
+
+    # ---- the end -----------------------------------------------------------------------------
+    async def finalize(self, reason: str = "") -> None:
+        """Final progress + session record, exactly once however often and concurrently called."""
+        async with self._final_lock:
+            if self._finalized:
+                return
+            self._finalized = True
+            status = ProgressStatus.FAILED if self._failed else ProgressStatus.COMPLETED
+            deadline = self._clock() + self._finalize_timeout
+            log.info("session ending (%s): sending final progress and session record", reason or status.value)
+            try:
+                await self._finish(status, deadline)
+            finally:
+                await self._release(status)
+
+    async def _finish(self, status: ProgressStatus, deadline: float) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        seconds = self._clock() - (self._started_at if self._started_at is not None else self._clock())
+        # The record is what matters most: give the final progress at most a third of the budget.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._final_progress(status), max(0.1, (deadline - self._clock()) / 3))
+        if not self.context.known:
+            # Achievements depend on history; the API may be back by now.
+            with contextlib.suppress(TimeoutError):
+                self.context = await asyncio.wait_for(
+                    self.load_context(), max(0.1, (deadline - self._clock()) / 4)
+                )
+        today = dt.datetime.fromtimestamp(self._wall(), dt.UTC).date()
+        try:
+            record = session_record(
+                user_id=self.learner.user_id,
+                session_id=self.session_id,
+                seconds=seconds,
+                snapshot=self.tracker.snapshot(),
+                context=self.context,
+                today=today,
+            )
+        except ValueError as exc:  # a bug in our own record building; never silently dropped
+            log.error("session record invalid, not sent: %s", exc)
+            self._count_record("invalid")
+            self.record_delivered = False
+            return
+        await self._deliver_record(record, deadline)
+
+    async def _final_progress(self, status: ProgressStatus) -> None:
+        await self.send_progress(status, force=True)
+
+    async def _deliver_record(self, record: dict, deadline: float) -> None:
+        attempt = 0
+        try:
+            while True:
+                try:
+                    remaining = deadline - self._clock()
+                    await asyncio.wait_for(self.api.create_session(record), max(0.1, remaining))
+                except (*API_UNAVAILABLE, TimeoutError) as exc:
+                    if isinstance(exc, ApiError) and exc.status == 409:
+                        break  # already recorded (an earlier attempt landed): delivered
+                    if isinstance(exc, ApiError) and exc.status is not None and not exc.retryable:
+                        log.error("session record rejected by the API: %s", exc)
+                        self._count_record("rejected")
+                        self.record_delivered = False
+                        return
+                    delay = self._record_delays[min(attempt, len(self._record_delays) - 1)]
+                    attempt += 1
+                    remaining = deadline - self._clock()
+                    if remaining <= delay:
+                        self._lost(f"{type(exc).__name__} after {attempt} attempts")
+                        return
+                    log.warning(
+                        "session record not delivered (%s); retrying in %.0fs", type(exc).__name__, delay
+                    )
+                    await self._sleep(delay)
+                    continue
+                break
+        except asyncio.CancelledError:
+            self._lost("job ended before delivery")
+            raise
+        self._count_record("delivered")
+        self.record_delivered = True
+        log.info(
+            "session record delivered: %d words, %d phrases, performance=%s, achievements=%s",
+            len(record["new_vocabulary"]),
+            self.tracker.snapshot().phrases_practiced,
+            record["overall_performance"],
+            ",".join(record["achievements"]) or "-",
+        )
+
+    def _lost(self, why: str) -> None:
+        log.error("session record LOST (%s)", why)
+        self._count_record("lost")
+        self.record_delivered = False
+
+    def _count_record(self, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.session_records.labels(result).inc()
+
+    async def _release(self, status: ProgressStatus) -> None:
+        if self._metrics is not None and self._started_at is not None:
+            ended = (
+                self._metrics.sessions_failed
+                if status == ProgressStatus.FAILED
+                else self._metrics.sessions_completed
+            )
+            ended.inc()
+            self._metrics.active_sessions.dec()
+        if self._metrics is not None:
+            self._metrics.set_breaker_state(id(self.api.breaker), None)
+        self._set_pending(False)
+        with contextlib.suppress(Exception):
+            await self.tokens.aclose()
+        with contextlib.suppress(Exception):
+            await self.api.aclose()

@@ -19,6 +19,8 @@ import asyncio
 import datetime as dt
 import email.utils
 import logging
+import ssl
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, Protocol
@@ -97,6 +99,20 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+_ssl_context: ssl.SSLContext | None = None
+_ssl_lock = threading.Lock()
+
+
+def shared_ssl_context() -> ssl.SSLContext:
+    """One TLS context per process: building one loads the CA bundle (~200 ms of blocking work),
+    too slow to repeat on the event loop for every session. The job prewarm builds it early."""
+    global _ssl_context
+    with _ssl_lock:
+        if _ssl_context is None:
+            _ssl_context = httpx.create_ssl_context()
+        return _ssl_context
+
+
 def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, ApiError) and exc.retryable
 
@@ -135,7 +151,7 @@ class LoquaApiClient:
         self._metrics = metrics
         self._user_tokens = user_tokens
         self._max_retries = max_retries
-        self._backoff = wait_exponential_jitter(initial=retry_base, max=retry_max, jitter=retry_base)
+        self._backoff = wait_exponential_jitter(multiplier=retry_base, max=retry_max, jitter=retry_base)
         self._max_retry_after = max_retry_after
         self._sleep = sleep
         self._client = httpx.AsyncClient(
@@ -147,6 +163,7 @@ class LoquaApiClient:
             },
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=10, max_keepalive_connections=5),
+            verify=shared_ssl_context(),
             transport=transport,
         )
 

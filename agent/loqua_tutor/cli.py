@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from typing import Any
@@ -100,6 +101,9 @@ def setup_logging(settings: TutorSettings) -> None:
     )
     for value in settings.secret_values():
         register_secret(value)
+    # httpx logs every request at INFO; the client logs what matters (failures, retries) itself.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from livekit import rtc
 from livekit.agents import AutoSubscribe, JobContext
 from loqua_common.logging import set_context
 
-from loqua_tutor.api_client import LoquaApiClient
+from loqua_tutor.api_client import LoquaApiClient, shared_ssl_context
 from loqua_tutor.breaker import CircuitBreaker
 from loqua_tutor.cache import TTLCache
 from loqua_tutor.crypto import derive_key
@@ -51,6 +51,11 @@ ATTR_STATUS = "loqua.status"
 _sessions: dict[str, TutorSession] = {}
 _background: dict[str, asyncio.Task[None]] = {}
 _cache: TTLCache[str, UserContext] | None = None
+
+
+def prewarm(proc: Any) -> None:
+    """livekit-agents ``setup_fnc``: runs in each (idle) job process before it gets a job."""
+    shared_ssl_context()
 
 
 def context_cache(settings: TutorSettings) -> TTLCache[str, UserContext]:

@@ -52,13 +52,14 @@ def _pid_of(path: str) -> str:
 class MultiprocStore:
     """The metrics directory shared with job processes; only ``names`` are exported from it."""
 
-    def __init__(self, path: str, names: Iterable[str]) -> None:
+    def __init__(self, path: str, names: Iterable[str], zeros: CollectorRegistry | None = None) -> None:
         self.path = path
         self._names = frozenset(names)
+        self._zeros = zeros
         self._lock = threading.Lock()
 
     @classmethod
-    def prepare(cls, path: str, names: Iterable[str]) -> MultiprocStore:
+    def prepare(cls, path: str, names: Iterable[str], zeros: CollectorRegistry | None = None) -> MultiprocStore:
         """Create (or empty) the directory and point child processes at it via the environment.
 
         Must run before the first job process (or the forkserver) starts: prometheus_client picks
@@ -68,15 +69,22 @@ class MultiprocStore:
         for stale in glob.glob(os.path.join(path, "*.db")):
             os.remove(stale)
         os.environ[ENV_VAR] = path
-        return cls(path, names)
+        return cls(path, names, zeros)
 
     def _files(self) -> list[str]:
         return glob.glob(os.path.join(self.path, "*.db"))
 
     def collect(self) -> list[Metric]:
+        """The job series; ``zeros`` (an unexposed registry holding the same metrics at zero)
+        fills in every series no job process has written yet, so dashboards and alerts see 0
+        rather than no data on a fresh or idle worker."""
         with self._lock:
             merged = MultiProcessCollector.merge(self._files(), accumulate=True)
-        return [m for m in merged if m.name in self._names]
+        found = [m for m in merged if m.name in self._names]
+        if self._zeros is not None:
+            present = {m.name for m in found}
+            found += [m for m in self._zeros.collect() if m.name in self._names and m.name not in present]
+        return found
 
     def compact(self, is_alive: Callable[[int], bool] = pid_alive) -> int:
         """Fold the files of exited processes into the archive; returns how many pids were folded."""

@@ -253,8 +253,6 @@ class TutorSession:
                     remaining = deadline - self._clock()
                     await asyncio.wait_for(self.api.create_session(record), max(0.1, remaining))
                 except (*API_UNAVAILABLE, TimeoutError) as exc:
-                    if isinstance(exc, ApiError) and exc.status == 409:
-                        break  # already recorded (an earlier attempt landed): delivered
                     if isinstance(exc, ApiError) and exc.status is not None and not exc.retryable:
                         log.error("session record rejected by the API: %s", exc)
                         self._count_record("rejected")

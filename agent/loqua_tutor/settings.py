@@ -200,8 +200,8 @@ class TutorSettings(BaseSettings):
                 if not p
             ]
             raise ValueError(
-                f"{', '.join(missing)} must be set too: a voice pipeline needs STT, LLM and TTS "
-                "(leave all three empty for text-free mode)"
+                f"a voice pipeline needs STT, LLM and TTS providers: set {' and '.join(missing)} too "
+                "(or leave STT_PROVIDER, LLM_PROVIDER and TTS_PROVIDER empty for text-free mode)"
             )
         return self
 

@@ -1,12 +1,19 @@
 """The worker process: registration with LiveKit, the concurrency cap, drain on SIGTERM, metrics.
 
-livekit-agents has no "max jobs" option. The cap comes from two places that agree:
+livekit-agents has no "max jobs" option. The cap comes from two places:
 
-- ``load_fnc`` reports ``running jobs / cap`` and ``load_threshold`` is just under 1, so LiveKit
-  sees the worker as full (``WS_FULL``) at ``cap`` jobs and stops offering it jobs;
-- ``request_fnc`` rejects (without terminating, so another worker can take it) any request that
-  would exceed the cap anyway - offers that raced the status update - and every request while
-  draining. Both are counted in ``loqua_tutor_jobs_rejected_total{reason}``.
+- ``load_fnc`` reports ``running jobs / cap``. livekit-server picks a worker at random weighted by
+  ``1 - load``, so a worker at its cap (load 1.0) has weight 0 and is not offered jobs while any
+  other worker has room;
+- ``request_fnc`` rejects (without terminating, so livekit-server tries the next worker) any
+  request that would exceed the cap - offers that raced the 2.5 s load report - and every request
+  while draining. Both are counted in ``loqua_tutor_jobs_rejected_total{reason}``.
+
+livekit-agents' own ``load_threshold`` is disabled (infinite) on purpose: in 1.8.9 it estimates a
+job's load as ``threshold / num_idle_processes`` while no job is running yet, which declares an
+idle worker unavailable to the second of two near-simultaneous requests; livekit-server 1.13.5
+does not retry a job that no worker accepted, so that dispatch would simply never get an agent.
+While draining the worker still reports itself full (``WS_FULL``).
 
 On SIGTERM/SIGINT the worker drains: it reports itself full, waits up to ``DRAIN_TIMEOUT_SECONDS``
 for running sessions to end on their own, then closes; closing ends the remaining jobs, whose
@@ -20,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import signal
 import tempfile
@@ -33,8 +41,8 @@ from loqua_common.metrics import serve_http
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from loqua_tutor import __version__
-from loqua_tutor.entrypoint import entrypoint, on_session_end
-from loqua_tutor.metrics import JOB_METRIC_NAMES, WorkerMetrics
+from loqua_tutor.entrypoint import entrypoint, on_session_end, prewarm
+from loqua_tutor.metrics import JOB_METRIC_NAMES, JobMetrics, WorkerMetrics
 from loqua_tutor.multiproc import MultiprocStore, exposition_registry
 from loqua_tutor.pipeline import check_providers, mode_description
 from loqua_tutor.settings import TutorSettings
@@ -53,17 +61,14 @@ class CapacityGate:
 
     max_sessions: int
 
-    @property
-    def load_threshold(self) -> float:
-        # Half a job below 1.0: n/max < threshold exactly when n <= max - 1, robust to float error
-        # in livekit's own "load per job" estimate.
-        return (self.max_sessions - 0.5) / self.max_sessions
+    # See the module docstring: livekit-agents' threshold would reject concurrent requests.
+    load_threshold: float = math.inf
 
     def load(self, running: int) -> float:
         return min(1.0, max(0, running) / self.max_sessions)
 
     def is_full(self, running: int) -> bool:
-        return self.load(running) >= self.load_threshold
+        return running >= self.max_sessions
 
     def admit(self, running: int, accepting: int, draining: bool) -> str | None:
         """``None`` to accept, else the rejection reason (a metric label)."""
@@ -151,6 +156,7 @@ def build_server(settings: TutorSettings, metrics: WorkerMetrics) -> tuple[Agent
         host=settings.http_host,
         port=settings.health_port,
         log_level=settings.log_level,
+        setup_fnc=prewarm,
     )
     admission = _Admission(gate, metrics, settings)
     server.rtc_session(
@@ -167,7 +173,14 @@ def _prepare_metrics_dir(settings: TutorSettings) -> MultiprocStore | None:
     if settings.job_executor != "process":
         return None
     path = settings.prometheus_multiproc_dir or tempfile.mkdtemp(prefix="loqua-tutor-metrics-")
-    return MultiprocStore.prepare(path, JOB_METRIC_NAMES)
+    # Zero-valued twins of the job metrics, never updated: they stand in until a job reports.
+    return MultiprocStore.prepare(path, JOB_METRIC_NAMES, zeros=_zero_job_metrics())
+
+
+def _zero_job_metrics() -> CollectorRegistry:
+    zeros = CollectorRegistry()
+    JobMetrics(zeros)
+    return zeros
 
 
 async def run_worker(

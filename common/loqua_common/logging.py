@@ -10,8 +10,8 @@ livekit, aiohttp.access, httpx) propagates to it. Per line the handler:
 
    or as one JSON object per line (keys timestamp, level, logger, component, agent_id, session_id,
    user_id, message, then the fields, and exception/stack when present);
-3. redacts the whole rendered line, traceback included: registered secrets, JWTs, ``Bearer ...``
-   and encrypted tokens (``{32 hex}:{hex}``) become ``***``.
+3. redacts the whole rendered text line, traceback included (in JSON: every value): registered
+   secrets, JWTs, ``Bearer ...`` and encrypted tokens (``{32 hex}:{hex}``) become ``***``.
 
 Ids come from ``bind_context()`` / ``set_context()`` (contextvars, so each asyncio task sees the
 ids of the code that created it), or per call from ``extra={"session_id": ...}``. Structured fields
@@ -37,6 +37,7 @@ from loqua_common.ratelimit import Fold, LogRateLimiter
 
 __all__ = [
     "FORMATS",
+    "ContextFilter",
     "LoquaHandler",
     "bind_context",
     "configure_logging",
@@ -59,42 +60,59 @@ MIN_SECRET_LENGTH = 4
 
 # -- redaction ------------------------------------------------------------------------------------------
 
-# Always redacted, registered or not. The JWT's third segment may be empty (unsigned tokens).
-_ALWAYS = (
-    r"eyJ[A-Za-z0-9_=-]*\.[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]*",  # JWT: header.payload.signature
-    r"(?i:\bbearer)\s+[A-Za-z0-9._~+/=-]+",  # RFC 6750 b64token after "Bearer"
-    r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{32}:[0-9A-Fa-f]+",  # encrypted token: {32 hex iv}:{hex ciphertext}
-)
+# Always redacted, registered or not. Each pattern runs only when a substring test says it could
+# match: a combined regex costs several microseconds per line, the substring tests a fraction of one.
+_BEARER = re.compile(r"(?i:\bbearer)\s+[A-Za-z0-9._~+/=*-]+")  # RFC 6750 b64token ('*': already redacted)
+_JWT = re.compile(r"eyJ[A-Za-z0-9_=-]*\.[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]*")  # header.payload.signature
+_ENCRYPTED = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{32}:[0-9A-Fa-f]+")  # {32 hex iv}:{hex ciphertext}
+_HEX32 = re.compile(r"[0-9A-Fa-f]{32}")
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
-_pattern = re.compile("|".join(_ALWAYS))
-
-
-def _compile(secrets: set[str]) -> re.Pattern[str]:
-    # Longest first, so a secret that contains another one is replaced whole.
-    escaped = [re.escape(s) for s in sorted(secrets, key=len, reverse=True)]
-    return re.compile("|".join([*_ALWAYS, *escaped]))
+_secrets_pattern: re.Pattern[str] | None = None
 
 
 def register_secret(value: str | None) -> bool:
     """Redact ``value`` from every log line from now on. Values under 4 characters are ignored
     (they would mangle ordinary words); returns whether the value is redacted."""
-    global _pattern
+    global _secrets_pattern
     if not value or len(value) < MIN_SECRET_LENGTH:
         return False
-    # Also the JSON-escaped form, which is what a JSON line (or a quoted field) contains.
+    # Also the JSON-escaped form, which is what a quoted text field (key="...") contains.
     forms = {value, json.dumps(value, ensure_ascii=False)[1:-1]}
     with _secrets_lock:
         if forms <= _secrets:
             return True
         _secrets.update(forms)
-        _pattern = _compile(_secrets)  # swapped atomically: readers never see a half-built pattern
+        # Longest first, so a secret that contains another one is replaced whole. The new pattern
+        # replaces the old in one assignment: readers never see a half-built one.
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _secrets_pattern = re.compile("|".join(re.escape(s) for s in ordered))
     return True
+
+
+def _may_hold_encrypted_token(text: str) -> bool:
+    # Every line has colons (the timestamp); only look closer at those after 32 hex digits.
+    colon = text.find(":", 32)
+    while colon != -1:
+        if _HEX32.fullmatch(text, colon - 32, colon):
+            return True
+        colon = text.find(":", colon + 1)
+    return False
 
 
 def redact(text: str) -> str:
     """``text`` with secrets, JWTs, bearer tokens and encrypted tokens replaced by ``***``."""
-    return _pattern.sub(REDACTED, text)
+    # Registered secrets first: they are exact, and a later pattern could otherwise cut one in two.
+    secrets = _secrets_pattern
+    if secrets is not None:
+        text = secrets.sub(REDACTED, text)
+    if "bearer" in text.lower():
+        text = _BEARER.sub(REDACTED, text)
+    if "eyJ" in text:
+        text = _JWT.sub(REDACTED, text)
+    if _may_hold_encrypted_token(text):
+        text = _ENCRYPTED.sub(REDACTED, text)
+    return text
 
 
 # -- context --------------------------------------------------------------------------------------------
@@ -158,9 +176,36 @@ def _text_value(value: object) -> str:
 
 
 def _json_value(value: object) -> object:
-    if value is None or isinstance(value, str | int | float | bool | list | tuple | dict):
+    """A redacted JSON-ready copy: strings redacted, containers walked, other objects as str."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, bool | int | float):
         return value
-    return str(value)
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_json_value(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    return redact(str(value))
+
+
+class ContextFilter(logging.Filter):
+    """Copies the current context onto each record: ids as ``agent_id`` / ``session_id`` /
+    ``user_id`` attributes, other keys into ``fields``. For handlers that carry records elsewhere,
+    such as livekit-agents' job processes sending them to the main process, where the context of
+    the job is unknown; ``LoquaHandler`` reads these attributes before the context."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = _context.get()
+        if context:
+            rec = record.__dict__
+            for key in ID_KEYS:
+                if key in context and not rec.get(key):
+                    rec[key] = context[key]
+            extra = {k: v for k, v in context.items() if k not in ID_KEYS}
+            if extra:
+                fields = rec.get("fields")
+                rec["fields"] = {**extra, **fields} if isinstance(fields, Mapping) else extra
+        return True
 
 
 def _fold_key(record: logging.LogRecord, message: str, context: Mapping[str, object]) -> str:
@@ -207,8 +252,12 @@ class LoquaHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = record.getMessage()
-            # Kept on the record: a "(repeated N times)" line written later needs the original ids.
-            context = record.__dict__[_CONTEXT_ATTR] = _context.get()
+            context = _context.get()
+            if context:
+                # Kept on the record: a "(repeated N times)" line written later needs the original
+                # ids. A plain dict, so the record stays picklable (livekit-agents ships records
+                # from job processes to the main process).
+                record.__dict__[_CONTEXT_ATTR] = context
             decision = self.limiter.decide(record.levelno, _fold_key(record, message, context), record)
             if decision.fold is None and decision.summary is None:  # the common case
                 if decision.emit:
@@ -300,10 +349,16 @@ class LoquaHandler(logging.Handler):
             fields.update(extra)
         return {k: v for k, v in fields.items() if v is not None}
 
-    def _exception(self, record: logging.LogRecord) -> str:
+    @staticmethod
+    def _exception(record: logging.LogRecord, message: str) -> str:
         if record.exc_info:
             return "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
-        return record.exc_text or ""
+        exc_text = record.exc_text or ""
+        # Records forwarded from another process (livekit-agents' job processes) arrive with the
+        # traceback both in exc_text and already appended to the message: show it once.
+        if exc_text and message.endswith(exc_text):
+            return ""
+        return exc_text
 
     def _render_text(
         self,
@@ -322,7 +377,7 @@ class LoquaHandler(logging.Handler):
         for key, value in self._fields(record, context).items():
             parts.append(f" {key}={_text_value(value)}")
         if with_exc:
-            exc = self._exception(record)
+            exc = self._exception(record, message)
             if exc:
                 parts.append("\n" + exc)
             if record.stack_info:
@@ -339,27 +394,27 @@ class LoquaHandler(logging.Handler):
         with_exc: bool = True,
     ) -> str:
         agent_id, session_id, user_id = self._ids(record, context)
+        # Values are redacted one by one, not the serialized line: a replacement there could break
+        # the JSON (think of a secret that equals "null" or a key name).
         doc: dict[str, object] = {
             "timestamp": self._timestamp(created),
             "level": record.levelname,
             "logger": record.name,
             "component": self.component,
-            "agent_id": None if agent_id == MISSING_ID else agent_id,
-            "session_id": session_id,
-            "user_id": user_id,
-            "message": message,
+            "agent_id": None if agent_id == MISSING_ID else _json_value(agent_id),
+            "session_id": _json_value(session_id),
+            "user_id": _json_value(user_id),
+            "message": redact(message),
         }
         for key, value in self._fields(record, context).items():
             doc[f"field_{key}" if key in doc else key] = _json_value(value)
         if with_exc:
-            exc = self._exception(record)
+            exc = self._exception(record, message)
             if exc:
-                doc["exception"] = exc
+                doc["exception"] = redact(exc)
             if record.stack_info:
-                doc["stack"] = record.stack_info
-        # Redacting the serialized line covers keys and values; register_secret also registers the
-        # JSON-escaped form of each secret for this.
-        return redact(json.dumps(doc, ensure_ascii=False, default=str))
+                doc["stack"] = redact(record.stack_info)
+        return json.dumps(doc, ensure_ascii=False, default=str)
 
 
 # -- configuration --------------------------------------------------------------------------------------

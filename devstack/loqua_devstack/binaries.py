@@ -165,8 +165,7 @@ def _run(cmd: list[str], cwd: Path, log_file: Path, env: dict[str, str]) -> None
         if "proxy.golang.org" in joined or "dial tcp" in joined or "lookup" in joined:
             hint = " The Go module proxy could not be reached (check GOPROXY and the network)."
         raise BuildError(
-            f"`{' '.join(cmd)}` failed (exit {proc.returncode}).{hint} Full log: {log_file}\n"
-            + joined
+            f"`{' '.join(cmd)}` failed (exit {proc.returncode}).{hint} Full log: {log_file}\n" + joined
         )
 
 
@@ -261,14 +260,14 @@ def build(binary: GoBinary, force: bool = False) -> Path:
         cmd = [go, "build", "-mod=mod", "-trimpath", "-o", str(tmp_out)]
         if ldflags:
             cmd += ["-ldflags", ldflags]
-        _run(cmd + [target], work, log_file, env)
+        _run([*cmd, target], work, log_file, env)
     else:
         gobin = work / "gobin"
         gobin.mkdir(exist_ok=True)
         cmd = [go, "install", "-trimpath"]
         if ldflags:
             cmd += ["-ldflags", ldflags]
-        _run(cmd + [f"{binary.package}@v{binary.version}"], work, log_file, dict(env, GOBIN=str(gobin)))
+        _run([*cmd, f"{binary.package}@v{binary.version}"], work, log_file, dict(env, GOBIN=str(gobin)))
         built = gobin / binary.package.rsplit("/", 1)[-1]
         shutil.move(str(built), tmp_out)
     tmp_out.chmod(0o755)

@@ -32,11 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="machine-readable output")
     e = sub.add_parser("env", help="print the connection settings (KEY=VALUE)")
     e.add_argument("--export", action="store_true", help="prefix lines with `export ` for eval")
-    for name, verb in (("stop", "stop one part (same address when started again)"), ("start", "start one part")):
+    for name, verb in (
+        ("stop", "stop one part (same address when started again)"),
+        ("start", "start one part"),
+    ):
         p = sub.add_parser(name, help=verb)
         p.add_argument("part", choices=PARTS)
-    api = sub.add_parser("api", help="run the reference Loqua API alone (see `loqua-dev api --help`)",
-                         add_help=False)
+    api = sub.add_parser(
+        "api", help="run the reference Loqua API alone (see `loqua-dev api --help`)", add_help=False
+    )
     api.add_argument("api_args", nargs=argparse.REMAINDER)
     return parser
 
@@ -76,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("no .devstack/env yet: run `loqua-dev up`", file=sys.stderr)
                 return 3
             for key, value in stack.env().items():
-                print(f"{'export ' if args.export else ''}{key}={shlex.quote(value) if args.export else value}")
+                print(
+                    f"{'export ' if args.export else ''}{key}={shlex.quote(value) if args.export else value}"
+                )
         elif args.command == "stop":
             stack.stop_part(args.part)
             print(f"{args.part} stopped")

@@ -54,8 +54,14 @@ class Timeline:
 
 
 def kubectl(env: dict[str, str], *args: str, input_: str | None = None) -> str:
-    out = subprocess.run(["kubectl", *args], input=input_, capture_output=True, text=True, timeout=60,
-                         env={"KUBECONFIG": env["KUBECONFIG"], "PATH": "/usr/local/bin:/usr/bin:/bin"})
+    out = subprocess.run(
+        ["kubectl", *args],
+        input=input_,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"KUBECONFIG": env["KUBECONFIG"], "PATH": "/usr/local/bin:/usr/bin:/bin"},
+    )
     if out.returncode != 0:
         raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
     return out.stdout.strip()
@@ -91,18 +97,28 @@ def loqua_health(env: dict[str, str]) -> str:
 
     base = env["LOQUA_API_URL"]
     with httpx.Client(base_url=base, timeout=10) as http:
-        user = http.post("/admin/users", headers={"Authorization": f"Bearer {env['LOQUA_ADMIN_TOKEN']}"},
-                         json={"email": "demo@example.com", "display_name": "Demo Learner"})
+        user = http.post(
+            "/admin/users",
+            headers={"Authorization": f"Bearer {env['LOQUA_ADMIN_TOKEN']}"},
+            json={"email": "demo@example.com", "display_name": "Demo Learner"},
+        )
         user.raise_for_status()
         user_id = user.json()["user_id"]
         agent_headers = {"Authorization": f"Bearer {env['AGENT_JWT_TOKEN']}", "X-Agent-ID": env["AGENT_ID"]}
-        tok = http.post("/api/v1/agent/user-token", headers=agent_headers,
-                        json={"room_name": "demo", "user_id": user_id, "agent_id": env["AGENT_ID"]})
+        tok = http.post(
+            "/api/v1/agent/user-token",
+            headers=agent_headers,
+            json={"room_name": "demo", "user_id": user_id, "agent_id": env["AGENT_ID"]},
+        )
         tok.raise_for_status()
-        user_jwt = decrypt_token_for_tests(tok.json()["encrypted_token"], env["SHARED_SECRET"],
-                                           env.get("SHARED_SECRET_PAD_BYTE", "0x00"))
-        health = http.post("/api/v1/agent/health", json={"userId": user_id},
-                           headers={"Authorization": f"Bearer {user_jwt}", "X-Agent-ID": env["AGENT_ID"]})
+        user_jwt = decrypt_token_for_tests(
+            tok.json()["encrypted_token"], env["SHARED_SECRET"], env.get("SHARED_SECRET_PAD_BYTE", "0x00")
+        )
+        health = http.post(
+            "/api/v1/agent/health",
+            json={"userId": user_id},
+            headers={"Authorization": f"Bearer {user_jwt}", "X-Agent-ID": env["AGENT_ID"]},
+        )
         health.raise_for_status()
         body = health.json()
     return f"learner {user_id} created; token exchanged and decrypted; health: {body['status']}"
@@ -122,28 +138,40 @@ def main() -> int:
             return "\n".join(f"{p:<24} {i['address']}" for p, i in stack.status().items() if i["running"])
 
         tl.step("local stack up", up)
-        tl.step("kube-apiserver answers",
-                lambda: json.loads(kubectl(env, "version", "-o", "json"))["serverVersion"]["gitVersion"]
-                + f", /readyz: {kubectl(env, 'get', '--raw', '/readyz')}")
-        tl.step("livekit-server answers",
-                lambda: asyncio.run(livekit_round_trip(env, f"demo-{uuid.uuid4().hex[:6]}")))
+        tl.step(
+            "kube-apiserver answers",
+            lambda: (
+                json.loads(kubectl(env, "version", "-o", "json"))["serverVersion"]["gitVersion"]
+                + f", /readyz: {kubectl(env, 'get', '--raw', '/readyz')}"
+            ),
+        )
+        tl.step(
+            "livekit-server answers",
+            lambda: asyncio.run(livekit_round_trip(env, f"demo-{uuid.uuid4().hex[:6]}")),
+        )
         tl.step("Loqua API answers", lambda: loqua_health(env))
         tl.step("AgentDispatch CRD installed", lambda: kubectl(env, "apply", "-f", str(CRD_DIR)))
 
         def start_operator() -> str:
             nonlocal operator
-            operator = operator_process(env, Path(env["DEVSTACK_DIR"]) / "logs" / "demo-operator.log",
-                                        extra_env={"LEASE_NAME": "demo-operator"}).start()
+            operator = operator_process(
+                env,
+                Path(env["DEVSTACK_DIR"]) / "logs" / "demo-operator.log",
+                extra_env={"LEASE_NAME": "demo-operator"},
+            ).start()
             operator.wait_healthy(timeout=60, body="ok")
             return f"loqua-operator running (pid {operator.pid}, log {operator.log_file})"
 
         tl.step("operator running", start_operator)
         room = f"lesson-{uuid.uuid4().hex[:6]}"
-        manifest = json.dumps({
-            "apiVersion": "agents.loqua.app/v1alpha1", "kind": "AgentDispatch",
-            "metadata": {"name": room, "namespace": "default"},
-            "spec": {"room": room, "agentName": "spanish-tutor", "ttlSeconds": 30},
-        })
+        manifest = json.dumps(
+            {
+                "apiVersion": "agents.loqua.app/v1alpha1",
+                "kind": "AgentDispatch",
+                "metadata": {"name": room, "namespace": "default"},
+                "spec": {"room": room, "agentName": "spanish-tutor", "ttlSeconds": 30},
+            }
+        )
 
         def apply_and_wait() -> str:
             kubectl(env, "apply", "-f", "-", input_=manifest)

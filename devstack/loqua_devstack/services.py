@@ -18,7 +18,9 @@ from loqua_devstack import processes
 class ServiceProcess:
     """One child process with a log file and an HTTP health probe."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_file: Path, health_url: str) -> None:
+    def __init__(
+        self, name: str, cmd: list[str], env: dict[str, str], log_file: Path, health_url: str
+    ) -> None:
         self.name = name
         self.cmd = cmd
         self.env = env
@@ -30,7 +32,11 @@ class ServiceProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_file.open("ab")
         self.proc = subprocess.Popen(
-            self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            self.cmd,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
         log.close()
@@ -54,6 +60,7 @@ class ServiceProcess:
 
     def wait_healthy(self, timeout: float = 60.0, body: str | None = None) -> None:
         """Wait for 200 from the health URL (and ``body`` in it, when given)."""
+
         def check() -> bool:
             code, text = self.health()
             return code == 200 and (body is None or body in text)

@@ -284,8 +284,11 @@ class Stack:
 
     def _write_env(self, state: dict) -> None:
         lines = [f"{k}={v}" for k, v in self.env(state).items()]
-        self.env_file.write_text("# written by `loqua-dev up`; source with: set -a; . .devstack/env; set +a\n"
-                                 + "\n".join(lines) + "\n")
+        self.env_file.write_text(
+            "# written by `loqua-dev up`; source with: set -a; . .devstack/env; set +a\n"
+            + "\n".join(lines)
+            + "\n"
+        )
         self.env_file.chmod(0o600)
 
     # ---- lifecycle ---------------------------------------------------------------------------

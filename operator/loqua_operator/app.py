@@ -56,12 +56,20 @@ async def run(settings: OperatorSettings, namespaces: list[str]) -> int:
     server = serve_http(settings.metrics_port, health=health)
     log.info(
         "operator %s starting: identity=%s namespaces=%s metrics=:%d livekit=%s",
-        __version__, identity, ",".join(namespaces) or "(all)", server.port, settings.livekit_url,
+        __version__,
+        identity,
+        ",".join(namespaces) or "(all)",
+        server.port,
+        settings.livekit_url,
     )
     gateway = LiveKitGateway(settings, metrics)
     try:
         if settings.leader_election:
-            namespace = settings.lease_namespace or settings.pod_namespace or (namespaces[0] if namespaces else "default")
+            namespace = (
+                settings.lease_namespace
+                or settings.pod_namespace
+                or (namespaces[0] if namespaces else "default")
+            )
             elector = LeaderElector(kube, namespace, settings.lease_name, identity)
             await elector.acquire()
             metrics.is_leader.set(1)

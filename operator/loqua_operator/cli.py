@@ -32,7 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run the operator until SIGTERM")
     run.add_argument(
-        "--namespace", "-n", action="append", default=[], metavar="NS",
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        metavar="NS",
         help="watch only this namespace (repeatable); default: all namespaces",
     )
     sub.add_parser("check-settings", help="validate the settings from the environment and exit")
@@ -47,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loqua-operator: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-settings":
-        print(f"settings ok: livekit={settings.livekit_url} region={settings.region} "
-              f"ttl={settings.agent_ttl_seconds}s cleanup={settings.cleanup_interval_ms}ms")
+        print(
+            f"settings ok: livekit={settings.livekit_url} region={settings.region} "
+            f"ttl={settings.agent_ttl_seconds}s cleanup={settings.cleanup_interval_ms}ms"
+        )
         return 0
     from loqua_operator.app import run, setup_logging
 

@@ -48,10 +48,8 @@ def plan_dispatch(
     if not candidates:
         return DispatchPlan(create=True, keep=None, reused=False)
     keep, *duplicates = candidates
-    if current_dispatch_id and keep.id == current_dispatch_id:
-        reused = bool(current_reused)
-    else:
-        reused = True
+    same_dispatch = bool(current_dispatch_id) and keep.id == current_dispatch_id
+    reused = bool(current_reused) if same_dispatch else True
     return DispatchPlan(create=False, keep=keep, delete=tuple(duplicates), reused=reused)
 
 

@@ -61,6 +61,13 @@ class Dispatcher:
                 return []
             raise
 
+    async def observe_if_room_exists(self, room: str) -> list[ObservedDispatch]:
+        """Dispatches of a room that may be gone: livekit-server answers ListDispatch for an unknown
+        room only with a timeout, so ask ListRooms first (closing a room deletes its dispatches)."""
+        if not await self._gw.list_rooms([room]):
+            return []
+        return await self.observe(room)
+
     async def _remove_duplicates(self, room: str, duplicates: Iterable[ObservedDispatch]) -> list[str]:
         removed = []
         for dup in duplicates:
@@ -78,7 +85,9 @@ class Dispatcher:
         empty_timeout, departure_timeout = room_timeouts(spec.ttl_seconds)
         await self._gw.ensure_room(spec.room, empty_timeout, departure_timeout)
         observed = await self.observe(spec.room)
-        plan = decisions.plan_dispatch(spec.agent_name, observed, current.get("dispatchId"), current.get("reused"))
+        plan = decisions.plan_dispatch(
+            spec.agent_name, observed, current.get("dispatchId"), current.get("reused")
+        )
         removed = await self._remove_duplicates(spec.room, plan.delete)
         if plan.create:
             kept = await self._gw.create_dispatch(spec.room, spec.agent_name, spec.metadata)
@@ -118,15 +127,27 @@ class Dispatcher:
         if first_binding:
             if plan.create:
                 self._metrics.dispatches_created.inc()
-                events.append(Event("Normal", "DispatchCreated", f"created LiveKit dispatch {kept.id} "
-                                    f"for agent {spec.agent_name} in room {spec.room}"))
+                events.append(
+                    Event(
+                        "Normal",
+                        "DispatchCreated",
+                        f"created LiveKit dispatch {kept.id} for agent {spec.agent_name} in room {spec.room}",
+                    )
+                )
             else:
                 self._metrics.dispatches_reused.inc()
-                events.append(Event("Normal", "DispatchReused", f"reusing live LiveKit dispatch {kept.id} "
-                                    f"for agent {spec.agent_name} in room {spec.room}"))
+                events.append(
+                    Event(
+                        "Normal",
+                        "DispatchReused",
+                        f"reusing live LiveKit dispatch {kept.id} "
+                        f"for agent {spec.agent_name} in room {spec.room}",
+                    )
+                )
         now = dt.datetime.now(dt.UTC)
-        return Outcome(status=status.dispatched_status(current, kept.id, plan.reused, generation, now),
-                       events=events)
+        return Outcome(
+            status=status.dispatched_status(current, kept.id, plan.reused, generation, now), events=events
+        )
 
     async def release(
         self, me: ObjectRef, spec: DispatchSpec, holders: Iterable[tuple[ObjectRef, bool]]
@@ -134,14 +155,16 @@ class Dispatcher:
         """The finalizer's work: delete the LiveKit dispatch unless another object still uses it."""
         async with self.lock(spec.key):
             observed = await with_retries(
-                lambda: self.observe(spec.room),
+                lambda: self.observe_if_room_exists(spec.room),
                 attempts=self._settings.livekit_retry_attempts,
                 base_seconds=self._settings.livekit_retry_base_seconds,
             )
             plan = decisions.plan_release(me, spec.key, observed, holders)
             if plan.shared_with:
                 names = ", ".join(f"{r.namespace}/{r.name}" for r in plan.shared_with)
-                return Outcome(events=[Event("Normal", "DispatchKept", f"dispatch kept: still used by {names}")])
+                return Outcome(
+                    events=[Event("Normal", "DispatchKept", f"dispatch kept: still used by {names}")]
+                )
             deleted = []
             for dispatch in plan.delete:
                 gone = await with_retries(
@@ -154,4 +177,6 @@ class Dispatcher:
                 deleted.append(dispatch.id)
         if not deleted:
             return Outcome(events=[Event("Normal", "DispatchGone", "LiveKit had no dispatch left to delete")])
-        return Outcome(events=[Event("Normal", "DispatchDeleted", f"deleted LiveKit dispatch {', '.join(deleted)}")])
+        return Outcome(
+            events=[Event("Normal", "DispatchDeleted", f"deleted LiveKit dispatch {', '.join(deleted)}")]
+        )

@@ -59,7 +59,9 @@ class Kube:
 
         def fetch() -> list[dict[str, Any]]:
             if not self._namespaces:
-                resp = self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, field_selector=selector)
+                resp = self._custom.list_cluster_custom_object(
+                    GROUP, VERSION, PLURAL, field_selector=selector
+                )
                 return list(resp.get("items", []))
             items: list[dict[str, Any]] = []
             for ns in self._namespaces:
@@ -84,7 +86,9 @@ class Kube:
                 return list(self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL).get("items", []))
             items: list[dict[str, Any]] = []
             for ns in self._namespaces:
-                items.extend(self._custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL).get("items", []))
+                items.extend(
+                    self._custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL).get("items", [])
+                )
             return items
 
         return [i for i in await asyncio.to_thread(fetch) if self.watches(i["metadata"]["namespace"])]
@@ -94,7 +98,9 @@ class Kube:
         body = {"preconditions": {"uid": uid}} if uid else None
 
         def call() -> None:
-            self._custom.delete_namespaced_custom_object(GROUP, VERSION, ref.namespace, PLURAL, ref.name, body=body)
+            self._custom.delete_namespaced_custom_object(
+                GROUP, VERSION, ref.namespace, PLURAL, ref.name, body=body
+            )
 
         try:
             await asyncio.to_thread(call)

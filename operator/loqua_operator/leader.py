@@ -76,7 +76,9 @@ class LeaderElector:
         view = None
         if lease is not None:
             spec = lease.spec
-            view = LeaseView(spec.holder_identity, spec.renew_time, spec.lease_duration_seconds or self.duration)
+            view = LeaseView(
+                spec.holder_identity, spec.renew_time, spec.lease_duration_seconds or self.duration
+            )
         action = decide(view, self.identity, now)
         if action is LeaseAction.WAIT:
             return False
@@ -90,8 +92,12 @@ class LeaderElector:
                 spec_body["acquireTime"] = _micro(now)
                 await self._kube.create_lease(
                     self.namespace,
-                    {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                     "metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec_body},
+                    {
+                        "apiVersion": "coordination.k8s.io/v1",
+                        "kind": "Lease",
+                        "metadata": {"name": self.name, "namespace": self.namespace},
+                        "spec": spec_body,
+                    },
                 )
             else:
                 if action is LeaseAction.TAKE_OVER:
@@ -104,10 +110,16 @@ class LeaderElector:
                 await self._kube.replace_lease(
                     self.namespace,
                     self.name,
-                    {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                     "metadata": {"name": self.name, "namespace": self.namespace,
-                                  "resourceVersion": lease.metadata.resource_version},
-                     "spec": spec_body},
+                    {
+                        "apiVersion": "coordination.k8s.io/v1",
+                        "kind": "Lease",
+                        "metadata": {
+                            "name": self.name,
+                            "namespace": self.namespace,
+                            "resourceVersion": lease.metadata.resource_version,
+                        },
+                        "spec": spec_body,
+                    },
                 )
         except ApiException as exc:
             if exc.status in (409, 422):
@@ -126,8 +138,12 @@ class LeaderElector:
                     self.is_leader = True
                     return
             except ApiException as exc:
-                log.warning("leader election: Lease %s/%s unavailable (HTTP %s); retrying",
-                            self.namespace, self.name, exc.status)
+                log.warning(
+                    "leader election: Lease %s/%s unavailable (HTTP %s); retrying",
+                    self.namespace,
+                    self.name,
+                    exc.status,
+                )
             if not announced:
                 log.info("standing by: another replica holds Lease %s/%s", self.namespace, self.name)
                 announced = True

@@ -38,7 +38,7 @@ def is_retryable(exc: BaseException) -> bool:
 async def with_retries(
     fn: Callable[[], Awaitable[T]], attempts: int, base_seconds: float, jitter_seconds: float = 0.25
 ) -> T:
-    """Run ``fn`` and retry retryable LiveKit errors ``attempts`` times after 1 s, 2 s, 4 s (× base)."""
+    """Run ``fn`` and retry retryable LiveKit errors ``attempts`` times after 1 s, 2 s, 4 s (times base)."""
     async for attempt in AsyncRetrying(
         stop=stop_after_attempt(attempts + 1),
         wait=wait_exponential(multiplier=base_seconds, min=base_seconds) + wait_random(0, jitter_seconds),
@@ -87,10 +87,14 @@ class LiveKitGateway:
             self._metrics.livekit_errors.labels(method, code).inc()
             retryable = code in RETRYABLE_CODES or (exc.status or 0) >= 500
             raise LiveKitError(method, code, exc.message or "", retryable) from None
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self._metrics.livekit_up.set(0)
             self._metrics.livekit_errors.labels(method, "unavailable").inc()
-            reason = type(exc).__name__ if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
+            reason = (
+                type(exc).__name__
+                if isinstance(exc, asyncio.TimeoutError)
+                else str(exc) or type(exc).__name__
+            )
             raise LiveKitError(method, "unavailable", reason, retryable=True) from None
         finally:
             self._metrics.livekit_duration.labels(method).observe(time.perf_counter() - started)
@@ -110,7 +114,9 @@ class LiveKitGateway:
     async def delete_dispatch(self, room: str, dispatch_id: str) -> bool:
         """Delete one dispatch; False when LiveKit no longer had it (not an error)."""
         try:
-            await self._call("DeleteDispatch", lambda: self.lk.agent_dispatch.delete_dispatch(dispatch_id, room))
+            await self._call(
+                "DeleteDispatch", lambda: self.lk.agent_dispatch.delete_dispatch(dispatch_id, room)
+            )
         except LiveKitError as exc:
             if exc.code == "not_found":
                 return False
@@ -120,11 +126,15 @@ class LiveKitGateway:
     # ---- rooms -----------------------------------------------------------------------------------
     async def ensure_room(self, room: str, empty_timeout: int, departure_timeout: int) -> None:
         """Create the room (no-op when it exists) with timeouts that outlast the object's TTL."""
-        req = api.CreateRoomRequest(name=room, empty_timeout=empty_timeout, departure_timeout=departure_timeout)
+        req = api.CreateRoomRequest(
+            name=room, empty_timeout=empty_timeout, departure_timeout=departure_timeout
+        )
         await self._call("CreateRoom", lambda: self.lk.room.create_room(req))
 
     async def list_rooms(self, names: list[str] | None = None) -> list[api.Room]:
-        resp = await self._call("ListRooms", lambda: self.lk.room.list_rooms(api.ListRoomsRequest(names=names or [])))
+        resp = await self._call(
+            "ListRooms", lambda: self.lk.room.list_rooms(api.ListRoomsRequest(names=names or []))
+        )
         return list(resp.rooms)
 
     async def list_participants(self, room: str) -> list[api.ParticipantInfo]:

@@ -101,7 +101,9 @@ class OperatorMetrics:
             registry=registry,
         )
         self.reconcile_errors = Counter(
-            f"{PREFIX}_reconcile_errors_total", "Reconciles that raised, by handler", ["handler"],
+            f"{PREFIX}_reconcile_errors_total",
+            "Reconciles that raised, by handler",
+            ["handler"],
             registry=registry,
         )
         self.is_leader = Gauge(

@@ -22,7 +22,11 @@ SESSION_NS_PATTERN = "lq-*"  # the session operator's namespaces; solo tests use
 
 def kubectl(env: dict[str, str], *args: str, input_: str | None = None, check: bool = True) -> str:
     out = subprocess.run(
-        ["kubectl", *args], input=input_, capture_output=True, text=True, timeout=60,
+        ["kubectl", *args],
+        input=input_,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"KUBECONFIG": env["KUBECONFIG"], "PATH": "/usr/local/bin:/usr/bin:/bin"},
     )
     if check and out.returncode != 0:
@@ -33,8 +37,13 @@ def kubectl(env: dict[str, str], *args: str, input_: str | None = None, check: b
 @pytest.fixture(scope="session")
 def crd(stack_env: dict[str, str]) -> None:
     kubectl(stack_env, "apply", "-f", str(CRD_DIR))
-    kubectl(stack_env, "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/agentdispatches.agents.loqua.app")
+    kubectl(
+        stack_env,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/agentdispatches.agents.loqua.app",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -63,9 +72,10 @@ def logs_dir(stack_env: dict[str, str]) -> Path:
 def operator(stack_env: dict[str, str], crd: None, logs_dir: Path) -> Iterator[ServiceProcess]:
     """One operator for the session, watching the ``lq-*`` namespaces."""
     proc = operator_process(
-        stack_env, logs_dir / "operator-session.log", namespaces=[SESSION_NS_PATTERN],
-        extra_env={"LEASE_NAME": "it-session-operator", "LEASE_NAMESPACE": "default",
-                   "LOG_LEVEL": "DEBUG"},
+        stack_env,
+        logs_dir / "operator-session.log",
+        namespaces=[SESSION_NS_PATTERN],
+        extra_env={"LEASE_NAME": "it-session-operator", "LEASE_NAMESPACE": "default", "LOG_LEVEL": "DEBUG"},
     ).start()
     proc.wait_healthy(timeout=60, body="ok")
     yield proc
@@ -83,12 +93,38 @@ def namespace(core: kubernetes.client.CoreV1Api, operator: ServiceProcess) -> It
     """A fresh namespace the session operator watches; deleted (with its objects) afterwards."""
     name = make_namespace(core, "lq")
     yield name
+    release_namespace(core, custom_api(core), name)
+
+
+def custom_api(core: kubernetes.client.CoreV1Api) -> kubernetes.client.CustomObjectsApi:
+    return kubernetes.client.CustomObjectsApi(core.api_client)
+
+
+def release_namespace(
+    core: kubernetes.client.CoreV1Api,
+    custom: kubernetes.client.CustomObjectsApi,
+    name: str,
+    timeout: float = 90,
+) -> None:
+    """Delete a test namespace after its objects are released by a still-running operator.
+
+    (kopf does not watch namespaces that are already terminating when it starts, so objects left
+    there by a stopped operator would keep their finalizers.)
+    """
+    custom.delete_collection_namespaced_custom_object(GROUP, VERSION, name, PLURAL)
+    wait_for(
+        lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, name, PLURAL)["items"],
+        f"objects in {name} released by the operator",
+        timeout,
+    )
     core.delete_namespace(name)
 
 
 @pytest.fixture
 async def lk(stack_env: dict[str, str]) -> AsyncIterator[api.LiveKitAPI]:
-    client = api.LiveKitAPI(stack_env["LIVEKIT_URL"], stack_env["LIVEKIT_API_KEY"], stack_env["LIVEKIT_API_SECRET"])
+    client = api.LiveKitAPI(
+        stack_env["LIVEKIT_URL"], stack_env["LIVEKIT_API_KEY"], stack_env["LIVEKIT_API_SECRET"]
+    )
     yield client
     await client.aclose()
 
@@ -111,8 +147,9 @@ def get_ad(custom: kubernetes.client.CustomObjectsApi, ns: str, name: str) -> di
         raise
 
 
-def wait_phase(custom: kubernetes.client.CustomObjectsApi, ns: str, name: str, phase: str,
-               timeout: float = 30) -> dict[str, Any]:
+def wait_phase(
+    custom: kubernetes.client.CustomObjectsApi, ns: str, name: str, phase: str, timeout: float = 30
+) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         obj = get_ad(custom, ns, name)
         return obj if obj and (obj.get("status") or {}).get("phase") == phase else None
@@ -125,6 +162,10 @@ def wait_gone(custom: kubernetes.client.CustomObjectsApi, ns: str, name: str, ti
 
 
 async def live_dispatches(lk: api.LiveKitAPI, room: str, agent: str | None = None) -> list[api.AgentDispatch]:
+    """Named dispatches of a room, read from LiveKit directly ([] when the room does not exist:
+    livekit-server answers ListDispatch for an unknown room only with a timeout)."""
+    if not (await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))).rooms:
+        return []
     try:
         found = await lk.agent_dispatch.list_dispatch(room)
     except api.TwirpError as exc:

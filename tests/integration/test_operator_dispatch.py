@@ -58,7 +58,9 @@ async def test_create_makes_one_dispatch_and_status(custom, core, namespace, lk)
     obj = wait_phase(custom, namespace, "a", "Dispatched")
     status = obj["status"]
     found = await live_dispatches(lk, room)
-    assert len(found) == 1 and found[0].agent_name == "tutor" and found[0].metadata == '{"lesson":"greetings"}'
+    assert (
+        len(found) == 1 and found[0].agent_name == "tutor" and found[0].metadata == '{"lesson":"greetings"}'
+    )
     assert status["dispatchId"] == found[0].id and status["reused"] is False
     assert status["observedGeneration"] == obj["metadata"]["generation"]
     conds = {c["type"]: c for c in status["conditions"]}
@@ -67,17 +69,24 @@ async def test_create_makes_one_dispatch_and_status(custom, core, namespace, lk)
         assert {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"} <= set(c)
     assert "agents.loqua.app/dispatch-cleanup" in obj["metadata"]["finalizers"]
     # The status was written through the status subresource.
-    managers = [m for m in obj["metadata"]["managedFields"] if "f:status" in json.dumps(m.get("fieldsV1", {}))]
+    managers = [
+        m for m in obj["metadata"]["managedFields"] if "f:status" in json.dumps(m.get("fieldsV1", {}))
+    ]
     assert managers and all(m.get("subresource") == "status" for m in managers)
-    reasons = wait_for(lambda: {e.reason for e in events_for(core, namespace, "a")} & {"DispatchCreated"},
-                       "DispatchCreated event", 10)
+    reasons = wait_for(
+        lambda: {e.reason for e in events_for(core, namespace, "a")} & {"DispatchCreated"},
+        "DispatchCreated event",
+        10,
+    )
     assert reasons
 
 
 async def test_existing_dispatch_is_reused(custom, namespace, lk) -> None:
     room = room_name()
     await lk.room.create_room(api.CreateRoomRequest(name=room))
-    pre = await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="tutor", room=room))
+    pre = await lk.agent_dispatch.create_dispatch(
+        api.CreateAgentDispatchRequest(agent_name="tutor", room=room)
+    )
     create(custom, namespace, "a", room)
     obj = wait_phase(custom, namespace, "a", "Dispatched")
     assert obj["status"]["dispatchId"] == pre.id and obj["status"]["reused"] is True
@@ -91,7 +100,9 @@ async def test_duplicates_are_removed_keeping_most_recent(custom, core, namespac
         await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="tutor", room=room))
         for _ in range(3)
     ]
-    other = await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="grammar", room=room))
+    other = await lk.agent_dispatch.create_dispatch(
+        api.CreateAgentDispatchRequest(agent_name="grammar", room=room)
+    )
     newest = max(made, key=lambda d: (d.state.created_at, d.id))
     before = metric(operator, "loqua_operator_duplicate_dispatches_removed_total")
     create(custom, namespace, "a", room)
@@ -100,8 +111,11 @@ async def test_duplicates_are_removed_keeping_most_recent(custom, core, namespac
     assert [d.id for d in await live_dispatches(lk, room, "tutor")] == [newest.id]
     assert [d.id for d in await live_dispatches(lk, room, "grammar")] == [other.id]  # never touched
     assert metric(operator, "loqua_operator_duplicate_dispatches_removed_total") - before == 2
-    wait_for(lambda: "DuplicatesRemoved" in {e.reason for e in events_for(core, namespace, "a")},
-             "DuplicatesRemoved event", 10)
+    wait_for(
+        lambda: "DuplicatesRemoved" in {e.reason for e in events_for(core, namespace, "a")},
+        "DuplicatesRemoved event",
+        10,
+    )
 
 
 async def test_refresh_storm_of_reapplies_never_adds_a_dispatch(stack_env, custom, namespace, lk) -> None:
@@ -144,8 +158,12 @@ async def test_finalizer_tolerates_a_dispatch_livekit_already_lost(custom, names
 
 def test_invalid_objects_are_refused_with_clear_messages(stack_env, crd) -> None:
     def apply(spec: dict) -> str:
-        bad = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "AgentDispatch", "metadata": {"name": "bad"},
-               "spec": spec}
+        bad = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "AgentDispatch",
+            "metadata": {"name": "bad"},
+            "spec": spec,
+        }
         out = kubectl(stack_env, "apply", "-n", "default", "-f", "-", input_=yaml.safe_dump(bad), check=False)
         assert "is invalid" in out, out
         return out
@@ -171,11 +189,31 @@ def get_ad_default_missing(stack_env) -> bool:
 def test_room_and_agent_are_immutable(stack_env, custom, namespace) -> None:
     create(custom, namespace, "a", room_name())
     wait_phase(custom, namespace, "a", "Dispatched")
-    out = kubectl(stack_env, "patch", "-n", namespace, "ad", "a", "--type=merge",
-                  "-p", '{"spec":{"room":"elsewhere"}}', check=False)
+    out = kubectl(
+        stack_env,
+        "patch",
+        "-n",
+        namespace,
+        "ad",
+        "a",
+        "--type=merge",
+        "-p",
+        '{"spec":{"room":"elsewhere"}}',
+        check=False,
+    )
     assert "room is immutable" in out
-    out = kubectl(stack_env, "patch", "-n", namespace, "ad", "a", "--type=merge",
-                  "-p", '{"spec":{"agentName":"other"}}', check=False)
+    out = kubectl(
+        stack_env,
+        "patch",
+        "-n",
+        namespace,
+        "ad",
+        "a",
+        "--type=merge",
+        "-p",
+        '{"spec":{"agentName":"other"}}',
+        check=False,
+    )
     assert "agentName is immutable" in out
 
 
@@ -185,7 +223,17 @@ def test_printer_columns(stack_env, custom, namespace) -> None:
     obj = wait_phase(custom, namespace, "a", "Dispatched")
     out = kubectl(stack_env, "get", "ad", "-n", namespace)
     header, row = out.splitlines()[:2]
-    assert header.split() == ["NAME", "ROOM", "AGENT", "PHASE", "DISPATCH", "REUSED", "LEARNERS", "EXPIRES", "AGE"]
+    assert header.split() == [
+        "NAME",
+        "ROOM",
+        "AGENT",
+        "PHASE",
+        "DISPATCH",
+        "REUSED",
+        "LEARNERS",
+        "EXPIRES",
+        "AGE",
+    ]
     assert row.split()[:6] == ["a", room, "tutor", "Dispatched", obj["status"]["dispatchId"], "false"]
 
 

@@ -7,12 +7,15 @@ import calendar
 import io
 import json
 import logging
+import pickle
 import sys
 import warnings
 from collections.abc import Iterator
 
 import pytest
+
 from loqua_common.logging import (
+    ContextFilter,
     LoquaHandler,
     bind_context,
     configure_logging,
@@ -207,6 +210,32 @@ class TestContext:
         )
         assert current_context() == {}
 
+    def test_context_filter_carries_ids_on_the_record(self) -> None:
+        # As livekit-agents does with records of job processes: pickled there, handled here.
+        record = logging.LogRecord("job", logging.INFO, __file__, 1, "hello", None, None)
+        record.created = CREATED
+        with bind_context(session_id="s9", user_id="u9", room="r9"):
+            ContextFilter().filter(record)
+        handler, stream = make_handler()
+        handler.handle(pickle.loads(pickle.dumps(record)))
+        assert lines(stream) == ["[2026-11-21T17:01:02.345Z] [INFO] [loqua-operator] [s9] [u9] hello room=r9"]
+
+    def test_handled_records_stay_picklable(self) -> None:
+        handler, _ = make_handler()
+        for context in ({}, {"session_id": "s1", "n": 1}):
+            record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+            with bind_context(**context):
+                handler.handle(record)
+            pickle.dumps(record)
+
+    def test_forwarded_traceback_is_shown_once(self) -> None:
+        handler, stream = make_handler()
+        tb = "Traceback (most recent call last):\nValueError: x"
+        record = logging.LogRecord("job", logging.ERROR, __file__, 1, f"failed\n{tb}", None, None)
+        record.exc_text = tb
+        handler.handle(record)
+        assert stream.getvalue().count("Traceback") == 1
+
 
 class TestRedaction:
     @pytest.mark.parametrize("fmt", ["text", "json"])
@@ -233,12 +262,15 @@ class TestRedaction:
         assert "PermissionError: token *** rejected for ***" in out
 
     def test_secret_with_json_special_characters(self) -> None:
-        secret = 'pa"ss\\word-with-quotes'
+        secret = 'pa"ss\\word with quotes'
         register_secret(secret)
         handler, stream = make_handler("json")
-        log(handler, logging.INFO, "value %s", secret, fields={"v": secret})
+        log(handler, logging.INFO, "value %s", secret, fields={"v": secret, "nested": {"a": [secret, 1]}})
         doc = json.loads(stream.getvalue())
-        assert doc["message"] == "value ***" and doc["v"] == "***"
+        assert (doc["message"], doc["v"], doc["nested"]) == ("value ***", "***", {"a": ["***", 1]})
+        handler, stream = make_handler("text")
+        log(handler, logging.INFO, "value", fields={"v": secret})  # quoted and escaped in text
+        assert lines(stream) == ['[2026-11-21T17:01:02.345Z] [INFO] [loqua-operator] [-] [-] value v="***"']
 
     def test_short_values_are_not_registered(self) -> None:
         assert not register_secret("abc")

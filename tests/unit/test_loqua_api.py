@@ -18,6 +18,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
 from loqua_devstack.loqua_api import ApiConfig, create_app, mint_agent_token, mint_user_token
 
 JWT_SECRET = "unit-jwt-secret-0123456789abcdef-0123456789"

@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from loqua_devstack.loqua_api import config as api_config
 from loqua_devstack.loqua_api.__main__ import main
 from loqua_devstack.loqua_api.context import current_streak, progress_totals

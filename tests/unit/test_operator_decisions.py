@@ -35,7 +35,12 @@ class TestPlanDispatch:
         assert not plan.create and plan.keep and plan.keep.id == "AD_1" and plan.reused
 
     def test_duplicates_keep_most_recent(self) -> None:
-        observed = [d("AD_old", created=1), d("AD_new", created=9), d("AD_mid", created=5), d("AD_dflt", agent="")]
+        observed = [
+            d("AD_old", created=1),
+            d("AD_new", created=9),
+            d("AD_mid", created=5),
+            d("AD_dflt", agent=""),
+        ]
         plan = decisions.plan_dispatch("tutor", observed, None, None)
         assert plan.keep and plan.keep.id == "AD_new"
         assert {x.id for x in plan.delete} == {"AD_old", "AD_mid"}
@@ -93,7 +98,14 @@ class TestStatus:
         conds = {c["type"]: c for c in s["conditions"]}
         assert conds["Ready"]["status"] == "True" and conds["Dispatched"]["reason"] == "DispatchCreated"
         for c in s["conditions"]:
-            assert set(c) == {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"}
+            assert set(c) == {
+                "type",
+                "status",
+                "reason",
+                "message",
+                "lastTransitionTime",
+                "observedGeneration",
+            }
             assert c["lastTransitionTime"] == "2026-11-21T12:00:00Z" and c["observedGeneration"] == 3
 
     def test_transition_time_moves_only_on_change(self) -> None:

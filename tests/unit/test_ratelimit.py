@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+
 from loqua_common.ratelimit import DEBUG_RESERVE, INFO_RESERVE, LogRateLimiter, Verdict
 
 DEBUG, INFO, WARNING, ERROR, CRITICAL = (

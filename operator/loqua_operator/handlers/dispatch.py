@@ -23,7 +23,9 @@ def _spec(body: kopf.Body, ctx: OperatorContext) -> DispatchSpec:
     spec = dict(body.get("spec") or {})
     if not spec.get("room") or not spec.get("agentName"):
         # The CRD schema refuses these; only a CRD installed without its schema gets here.
-        raise kopf.PermanentError("spec.room and spec.agentName are required (is the CRD from deploy/crds/ installed?)")
+        raise kopf.PermanentError(
+            "spec.room and spec.agentName are required (is the CRD from deploy/crds/ installed?)"
+        )
     return DispatchSpec.from_body(spec, ctx.settings.agent_ttl_seconds)
 
 
@@ -85,12 +87,15 @@ async def bind(body: kopf.Body, patch: kopf.Patch, retry: int, memo: kopf.Memo, 
     if outcome.error is not None:
         delay = decisions.retry_delay(retry, base=10.0, cap=120.0)
         log.warning(
-            "dispatch failed after retries; next attempt in %.0f s: %s", delay, outcome.error,
+            "dispatch failed after retries; next attempt in %.0f s: %s",
+            delay,
+            outcome.error,
             extra={"fields": _fields(body)},
         )
         raise kopf.TemporaryError(str(outcome.error), delay=delay)
     log.info(
-        "bound to dispatch (reused=%s)", outcome.status["reused"],
+        "bound to dispatch (reused=%s)",
+        outcome.status["reused"],
         extra={"fields": _fields(body, dispatch_id=outcome.status["dispatchId"])},
     )
 
@@ -111,13 +116,20 @@ async def release(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> Non
     except Exception as exc:
         ctx.metrics.reconcile_errors.labels("release").inc()
         delay = decisions.retry_delay(retry, base=5.0, cap=60.0)
-        kopf.event(body, type="Warning", reason="ReleaseFailed",
-                   message=f"could not remove the LiveKit dispatch yet: {exc}; retrying in {delay:.0f} s")
+        kopf.event(
+            body,
+            type="Warning",
+            reason="ReleaseFailed",
+            message=f"could not remove the LiveKit dispatch yet: {exc}; retrying in {delay:.0f} s",
+        )
         log.warning("release failed; retrying in %.0f s: %s", delay, exc, extra={"fields": _fields(body)})
         raise kopf.TemporaryError(str(exc), delay=delay) from None
     finally:
         ctx.metrics.reconcile_duration.labels("release").observe(time.perf_counter() - started)
     ctx.metrics.phases.forget(*me)
     post_events(body, outcome)
-    log.info("released: %s", outcome.events[0].message if outcome.events else "done",
-             extra={"fields": _fields(body, dispatch_id=(body.get("status") or {}).get("dispatchId"))})
+    log.info(
+        "released: %s",
+        outcome.events[0].message if outcome.events else "done",
+        extra={"fields": _fields(body, dispatch_id=(body.get("status") or {}).get("dispatchId"))},
+    )

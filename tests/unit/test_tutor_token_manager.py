@@ -1,0 +1,185 @@
+"""User token timing with a controlled clock: refresh exactly at exp - 300 s, sync fallback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import jwt
+import pytest
+from prometheus_client import CollectorRegistry
+
+from loqua_tutor.api_client import ApiError, LoquaApiClient
+from loqua_tutor.breaker import CircuitBreaker
+from loqua_tutor.crypto import TokenDecryptionError, derive_key, encrypt_token
+from loqua_tutor.metrics import JobMetrics
+from loqua_tutor.token_manager import (
+    TokenManager,
+    TokenUnavailableError,
+    refresh_time,
+    token_expiry,
+    user_token_exchange,
+)
+
+SIGNING = "reference-api-signing-key-32-bytes!"
+
+
+def user_jwt(exp: float | None, n: int = 0) -> str:
+    claims: dict = {"sub": "u1", "n": n}
+    if exp is not None:
+        claims["exp"] = int(exp)
+    return jwt.encode(claims, SIGNING, algorithm="HS256")
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Sleeper:
+    """Advances the clock instead of waiting; parks forever after ``limit`` sleeps."""
+
+    def __init__(self, clock: Clock, limit: int = 10) -> None:
+        self.clock, self.limit, self.delays = clock, limit, []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        if len(self.delays) > self.limit:
+            await asyncio.Event().wait()
+        self.clock.now += delay
+        await asyncio.sleep(0)
+
+
+class Exchange:
+    def __init__(self, clock: Clock, ttl: float = 3600, fail: int = 0) -> None:
+        self.clock, self.ttl, self.fail, self.calls = clock, ttl, fail, []
+
+    async def __call__(self) -> str:
+        self.calls.append(self.clock.now)
+        if self.fail:
+            self.fail -= 1
+            raise ApiError("/api/v1/agent/user-token", "POST", 503, "server error")
+        return user_jwt(self.clock.now + self.ttl, len(self.calls))
+
+
+async def settle(predicate, rounds: int = 200) -> None:
+    for _ in range(rounds):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not reached")
+
+
+def test_expiry_is_read_without_verifying() -> None:
+    assert token_expiry(user_jwt(12345)) == 12345
+    assert token_expiry(user_jwt(None)) is None
+    assert token_expiry(jwt.encode({"exp": 1}, "other-key-of-at-least-32-bytes-long", algorithm="HS256")) == 1
+    assert token_expiry("not-a-jwt") is None
+
+
+def test_refresh_time() -> None:
+    assert refresh_time(1000, 4600, 300) == 4300
+    assert refresh_time(1000, 1100, 300) == 1050  # shorter-lived than the margin: half-way
+    assert refresh_time(1000, None, 300) is None
+
+
+async def test_background_refresh_happens_exactly_at_exp_minus_300() -> None:
+    clock = Clock(1000.0)
+    sleeper = Sleeper(clock, limit=1)
+    exchange = Exchange(clock)
+    metrics = JobMetrics(CollectorRegistry())
+    manager = TokenManager(exchange, margin=300, clock=clock, sleep=sleeper, metrics=metrics)
+    manager.start()
+    await settle(lambda: len(exchange.calls) == 2)
+    assert exchange.calls == [1000.0, 4300.0]  # initial exchange, then exp (4600) - 300
+    assert sleeper.delays[0] == 3300.0
+    assert manager.refresh_at == 4300.0 + 3300.0
+    assert metrics.token_refresh.labels("success")._value.get() == 1  # the initial one is no refresh
+    await manager.aclose()
+
+
+async def test_sync_fallback_when_inside_the_window() -> None:
+    clock = Clock(1000.0)
+    exchange = Exchange(clock)
+    manager = TokenManager(exchange, margin=300, clock=clock)  # no background task
+    first = await manager.get()
+    clock.now = 4299.0
+    assert await manager.get() == first and len(exchange.calls) == 1
+    clock.now = 4300.0  # exactly at exp - 300: refreshed before the request goes out
+    second = await manager.get()
+    assert second != first and exchange.calls == [1000.0, 4300.0]
+
+
+async def test_concurrent_requests_share_one_refresh() -> None:
+    clock = Clock(0.0)
+    exchange = Exchange(clock)
+    manager = TokenManager(exchange, clock=clock)
+    tokens = await asyncio.gather(*(manager.get() for _ in range(5)))
+    assert len(set(tokens)) == 1 and len(exchange.calls) == 1
+
+
+async def test_failed_refresh_keeps_a_still_valid_token_then_gives_up_at_exp() -> None:
+    clock = Clock(0.0)
+    exchange = Exchange(clock)
+    metrics = JobMetrics(CollectorRegistry())
+    manager = TokenManager(exchange, margin=300, clock=clock, metrics=metrics)
+    token = await manager.get()
+    exchange.fail = 100
+    clock.now = 3500.0
+    assert await manager.get() == token  # refresh failed, old token valid until 3600
+    assert metrics.token_refresh.labels("failure")._value.get() == 1
+    clock.now = 3600.0
+    with pytest.raises(TokenUnavailableError):
+        await manager.get()
+
+
+async def test_background_retries_a_failed_first_exchange_with_backoff() -> None:
+    clock = Clock(0.0)
+    sleeper = Sleeper(clock, limit=2)  # two retry sleeps, then it parks before the next refresh
+    exchange = Exchange(clock, fail=2)
+    manager = TokenManager(exchange, clock=clock, sleep=sleeper, retry_delays=(2.0, 5.0))
+    manager.start()
+    assert await manager.wait_obtained(1.0)
+    assert exchange.calls == [0.0, 2.0, 7.0] and sleeper.delays[:2] == [2.0, 5.0]
+    await manager.aclose()
+
+
+async def test_forced_refresh_replaces_a_token_the_api_refused() -> None:
+    clock = Clock(0.0)
+    exchange = Exchange(clock)
+    manager = TokenManager(exchange, clock=clock)
+    first = await manager.get()
+    assert await manager.refresh(force=True) != first and len(exchange.calls) == 2
+
+
+def _api(handler) -> LoquaApiClient:
+    return LoquaApiClient(
+        "http://api.test", agent_id="a", agent_token="agent.jwt.x", breaker=CircuitBreaker(),
+        transport=httpx.MockTransport(handler), max_retries=0,
+    )
+
+
+async def test_exchange_decrypts_and_counts_results() -> None:
+    key = derive_key("shared-secret")
+    token = user_jwt(9_999_999_999)
+    metrics = JobMetrics(CollectorRegistry())
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"encrypted_token": encrypt_token(token, key, bytes(16)), "expires_in": 3600})
+
+    exchange = user_token_exchange(_api(handler), key=key, room_name="r", user_id="u", metrics=metrics)
+    assert await exchange() == token
+    wrong = user_token_exchange(_api(handler), key=derive_key("wrong"), room_name="r", user_id="u", metrics=metrics)
+    with pytest.raises(TokenDecryptionError):
+        await wrong()
+    refused = user_token_exchange(
+        _api(lambda r: httpx.Response(401, json={"error": {"code": "INVALID_TOKEN"}})),
+        key=key, room_name="r", user_id="u", metrics=metrics,
+    )
+    with pytest.raises(ApiError):
+        await refused()
+    values = {r: metrics.token_exchange.labels(r)._value.get() for r in ("success", "decrypt_failed", "auth_failed")}
+    assert values == {"success": 1, "decrypt_failed": 1, "auth_failed": 1}

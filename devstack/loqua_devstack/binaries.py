@@ -13,6 +13,8 @@ Two build recipes:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -20,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -276,9 +279,29 @@ def build(binary: GoBinary, force: bool = False) -> Path:
     return binary.path
 
 
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    """One builder at a time per cache (two checkouts may run `make test` at once)."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with (cache_dir() / "build.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log("another build is running for this cache; waiting for it to finish")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def ensure_all(names: list[str] | None = None, force: bool = False) -> dict[str, Path]:
     """Build every missing binary (or only ``names``), showing what is left to do."""
     wanted = [BINARIES[n] for n in (names or list(BINARIES))]
+    if not force and all(b.path.exists() for b in wanted):
+        return {b.name: b.path for b in wanted}
+    with _build_lock():
+        return _ensure_all_locked(wanted, force)
+
+
+def _ensure_all_locked(wanted: list[GoBinary], force: bool) -> dict[str, Path]:
     missing = [b for b in wanted if force or not b.path.exists()]
     if missing:
         total = sum(b.minutes for b in missing)

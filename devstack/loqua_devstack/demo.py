@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,8 @@ async def dispatches_of(env: dict[str, str], room: str) -> list[api.AgentDispatc
 
 
 def loqua_health(env: dict[str, str]) -> str:
-    from loqua_devstack.loqua_api.crypto import decrypt_token_for_tests
+    # The worker's own decryption: the demo exercises the real token passthrough.
+    from loqua_tutor.crypto import decrypt_user_token, derive_key, parse_pad_byte
 
     base = env["LOQUA_API_URL"]
     with httpx.Client(base_url=base, timeout=10) as http:
@@ -111,9 +113,8 @@ def loqua_health(env: dict[str, str]) -> str:
             json={"room_name": "demo", "user_id": user_id, "agent_id": env["AGENT_ID"]},
         )
         tok.raise_for_status()
-        user_jwt = decrypt_token_for_tests(
-            tok.json()["encrypted_token"], env["SHARED_SECRET"], env.get("SHARED_SECRET_PAD_BYTE", "0x00")
-        )
+        key = derive_key(env["SHARED_SECRET"], parse_pad_byte(env.get("SHARED_SECRET_PAD_BYTE")))
+        user_jwt = decrypt_user_token(tok.json()["encrypted_token"], key)
         health = http.post(
             "/api/v1/agent/health",
             json={"userId": user_id},
@@ -125,6 +126,8 @@ def loqua_health(env: dict[str, str]) -> str:
 
 
 def main() -> int:
+    # livekit-server --dev's secret is 6 bytes; PyJWT warns about it on every signing. Dev only.
+    warnings.filterwarnings("ignore", message="The HMAC key is")
     tl = Timeline()
     stack = Stack(devstack_dir())
     started_stack = not stack.is_up()

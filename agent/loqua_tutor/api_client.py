@@ -63,9 +63,7 @@ class ApiError(Exception):
         code: str | None = None,
     ) -> None:
         where = f"{method} {endpoint}"
-        super().__init__(
-            f"{where}: {detail}" if status is None else f"{where}: HTTP {status} {detail}".rstrip()
-        )
+        super().__init__(f"{where}: {detail}" if status is None else f"{where}: HTTP {status} {detail}".rstrip())
         self.endpoint = endpoint
         self.method = method
         self.status = status
@@ -263,9 +261,7 @@ class LoquaApiClient:
             raise
         started = time.perf_counter()
         try:
-            response = await self._client.request(
-                method, path, json=body, headers={"Authorization": f"Bearer {token}"}
-            )
+            response = await self._client.request(method, path, json=body, headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError as exc:
             self.breaker.record_failure()
             self._count(endpoint, method, "error", time.perf_counter() - started)

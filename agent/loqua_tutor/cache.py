@@ -18,9 +18,7 @@ V = TypeVar("V")
 
 
 class TTLCache(Generic[K, V]):
-    def __init__(
-        self, ttl: float, *, clock: Callable[[], float] = time.monotonic, max_entries: int = 1024
-    ) -> None:
+    def __init__(self, ttl: float, *, clock: Callable[[], float] = time.monotonic, max_entries: int = 1024) -> None:
         if ttl <= 0 or max_entries < 1:
             raise ValueError("ttl > 0 and max_entries >= 1")
         self._ttl = ttl

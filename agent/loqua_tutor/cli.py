@@ -14,7 +14,6 @@ import sys
 from typing import Any
 
 from loqua_common.settings import SettingsError, load_settings
-
 from loqua_tutor import __version__
 from loqua_tutor.settings import SECRET_ENV_VARS, TIER_SESSIONS, Tier, TutorSettings
 
@@ -46,9 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     start = sub.add_parser("start", help="run the worker until SIGTERM (drains first)")
     start.add_argument("--agent-name", metavar="NAME", help="explicit-dispatch agent name (AGENT_NAME)")
     start.add_argument("--tier", choices=[t.value for t in Tier], help="capacity tier (TIER)")
-    start.add_argument(
-        "--max-sessions", type=int, metavar="N", help="concurrent sessions (MAX_CONCURRENT_SESSIONS)"
-    )
+    start.add_argument("--max-sessions", type=int, metavar="N", help="concurrent sessions (MAX_CONCURRENT_SESSIONS)")
     start.add_argument("--executor", choices=["process", "thread"], help="job executor (JOB_EXECUTOR)")
     start.add_argument("--metrics-port", type=int, metavar="PORT", help="Prometheus port (METRICS_PORT)")
     start.add_argument("--health-port", type=int, metavar="PORT", help="worker health port (HEALTH_PORT)")
@@ -71,9 +68,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "log_format": "log_format",
         "log_level": "log_level",
     }
-    return {
-        field: getattr(args, arg) for arg, field in mapping.items() if getattr(args, arg, None) is not None
-    }
+    return {field: getattr(args, arg) for arg, field in mapping.items() if getattr(args, arg, None) is not None}
 
 
 def _scrub(message: str) -> str:

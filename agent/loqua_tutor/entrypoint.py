@@ -22,8 +22,8 @@ from typing import Any
 
 from livekit import rtc
 from livekit.agents import AutoSubscribe, JobContext
-from loqua_common.logging import set_context
 
+from loqua_common.logging import set_context
 from loqua_tutor.api_client import LoquaApiClient, shared_ssl_context
 from loqua_tutor.breaker import CircuitBreaker
 from loqua_tutor.cache import TTLCache
@@ -288,9 +288,7 @@ async def entrypoint(settings: TutorSettings, ctx: JobContext) -> None:
         log.exception("session setup failed")
         ctx.shutdown(reason="session setup failed")
         return
-    task = asyncio.create_task(
-        _follow_learner(ctx, session, participant.identity, voice), name="follow-learner"
-    )
+    task = asyncio.create_task(_follow_learner(ctx, session, participant.identity, voice), name="follow-learner")
     _background[job_id] = task
     task.add_done_callback(_log_follow_end)
     # Returning keeps the job alive: it ends when LiveKit ends it (dispatch deleted, room
@@ -316,9 +314,7 @@ async def _end(job_id: str, reason: str) -> None:
 async def on_session_end(settings: TutorSettings, ctx: JobContext) -> None:
     """livekit-agents calls this when the job ends, before it leaves the room."""
     connected = ctx.room.isconnected()
-    await _end(
-        ctx.job.id, "job shutdown (dispatch deleted or worker draining)" if connected else "room closed"
-    )
+    await _end(ctx.job.id, "job shutdown (dispatch deleted or worker draining)" if connected else "room closed")
 
 
 def _shutdown_fallback(job_id: str) -> Any:

@@ -32,9 +32,7 @@ def build_instructions(context: UserContext, display_name: str = "") -> str:
     if context.known and context.total_sessions == 0:
         lines.append("This is the learner's first conversation: start with greetings and simple questions.")
     elif context.known and context.grammar_points_covered:
-        lines.append(
-            "Already covered: " + ", ".join(_clean(g, 40) for g in context.grammar_points_covered[:8]) + "."
-        )
+        lines.append("Already covered: " + ", ".join(_clean(g, 40) for g in context.grammar_points_covered[:8]) + ".")
     lines += [
         "Keep your turns short and let the learner speak most of the time. Correct mistakes gently.",
         "Record progress with your tools as it happens: new_word when you teach a word, "

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import threading
 
-from loqua_common.metrics import duration_buckets
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from loqua_common.metrics import duration_buckets
+
 PREFIX = "loqua_tutor"
+_job_metrics_lock = threading.Lock()
 
 
 class WorkerMetrics:
@@ -51,6 +53,17 @@ class WorkerMetrics:
         )
         for reason in ("capacity", "draining"):
             self.jobs_rejected.labels(reason)
+
+
+_worker_metrics: dict[int, WorkerMetrics] = {}
+
+
+def worker_metrics(registry: CollectorRegistry = REGISTRY) -> WorkerMetrics:
+    """One set per registry: ``run_worker`` may run more than once in a process (tests)."""
+    with _job_metrics_lock:
+        if id(registry) not in _worker_metrics:
+            _worker_metrics[id(registry)] = WorkerMetrics(registry)
+        return _worker_metrics[id(registry)]
 
 
 class JobMetrics:
@@ -177,7 +190,6 @@ JOB_METRIC_NAMES = frozenset(
     )
 )
 _job_metrics: JobMetrics | None = None
-_job_metrics_lock = threading.Lock()
 
 
 def job_metrics() -> JobMetrics:

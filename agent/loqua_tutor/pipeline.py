@@ -25,6 +25,8 @@ PLUGIN_MODULES = {
 }
 # OpenAI's STT is not streaming: it needs a VAD to cut turns.
 NEEDS_VAD = {"openai"}
+# What each TTS plugin calls its voice argument (Deepgram encodes the voice in the model name).
+TTS_VOICE_ARG = {"openai": "voice", "cartesia": "voice", "elevenlabs": "voice_id", "deepgram": None}
 
 
 class PipelineError(Exception):
@@ -85,7 +87,11 @@ def build_voice_components(settings: TutorSettings) -> VoiceComponents:
     tts_mod = _import(settings.tts_provider, "TTS_PROVIDER")
     stt = stt_mod.STT(**_kwargs(model=settings.stt_model))
     llm = llm_mod.LLM(**_kwargs(model=settings.llm_model))
-    tts = tts_mod.TTS(**_kwargs(model=settings.tts_model, voice=settings.tts_voice))
+    voice_arg = TTS_VOICE_ARG.get(settings.tts_provider)
+    tts_args = _kwargs(model=settings.tts_model)
+    if settings.tts_voice and voice_arg:
+        tts_args[voice_arg] = settings.tts_voice
+    tts = tts_mod.TTS(**tts_args)
     vad = None
     if settings.stt_provider in NEEDS_VAD:
         vad = _import("silero", "STT_PROVIDER").VAD.load()

@@ -163,11 +163,7 @@ class TutorSession:
 
     def _set_pending(self, pending: bool) -> None:
         if pending != self._pending and self._metrics is not None:
-            (
-                self._metrics.progress_updates_queued.inc
-                if pending
-                else self._metrics.progress_updates_queued.dec
-            )()
+            (self._metrics.progress_updates_queued.inc if pending else self._metrics.progress_updates_queued.dec)()
         self._pending = pending
 
     @property
@@ -222,9 +218,7 @@ class TutorSession:
         if not self.context.known:
             # Achievements depend on history; the API may be back by now.
             with contextlib.suppress(TimeoutError):
-                self.context = await asyncio.wait_for(
-                    self.load_context(), max(0.1, (deadline - self._clock()) / 4)
-                )
+                self.context = await asyncio.wait_for(self.load_context(), max(0.1, (deadline - self._clock()) / 4))
         today = dt.datetime.fromtimestamp(self._wall(), dt.UTC).date()
         try:
             record = session_record(
@@ -264,9 +258,7 @@ class TutorSession:
                     if remaining <= delay:
                         self._lost(f"{type(exc).__name__} after {attempt} attempts")
                         return
-                    log.warning(
-                        "session record not delivered (%s); retrying in %.0fs", type(exc).__name__, delay
-                    )
+                    log.warning("session record not delivered (%s); retrying in %.0fs", type(exc).__name__, delay)
                     await self._sleep(delay)
                     continue
                 break
@@ -295,9 +287,7 @@ class TutorSession:
     async def _release(self, status: ProgressStatus) -> None:
         if self._metrics is not None and self._started_at is not None:
             ended = (
-                self._metrics.sessions_failed
-                if status == ProgressStatus.FAILED
-                else self._metrics.sessions_completed
+                self._metrics.sessions_failed if status == ProgressStatus.FAILED else self._metrics.sessions_completed
             )
             ended.inc()
             self._metrics.active_sessions.dec()

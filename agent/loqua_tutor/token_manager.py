@@ -213,16 +213,12 @@ def user_token_exchange(
             return token
         except TokenDecryptionError:
             result = "decrypt_failed"
-            log.error(
-                "user token exchange: %s (check SHARED_SECRET and SHARED_SECRET_PAD_BYTE)", "decrypt failed"
-            )
+            log.error("user token exchange: %s (check SHARED_SECRET and SHARED_SECRET_PAD_BYTE)", "decrypt failed")
             raise
         except ApiError as exc:
             if exc.status in (401, 403):
                 result = "auth_failed"
-                log.error(
-                    "user token exchange refused (HTTP %d): check AGENT_JWT_TOKEN and AGENT_ID", exc.status
-                )
+                log.error("user token exchange refused (HTTP %d): check AGENT_JWT_TOKEN and AGENT_ID", exc.status)
             raise
         except CircuitOpenError:
             raise

@@ -131,9 +131,7 @@ class UserContext:
         prog = body.get("progress") if isinstance(body.get("progress"), dict) else {}
         assert isinstance(prefs, dict) and isinstance(prog, dict)
         pace_raw = prefs.get("learning_pace")
-        pace = (
-            LearningPace(pace_raw) if pace_raw in LearningPace._value2member_map_ else LearningPace.MODERATE
-        )
+        pace = LearningPace(pace_raw) if pace_raw in LearningPace._value2member_map_ else LearningPace.MODERATE
         target = prefs.get("language_learning")
         native = prefs.get("native_language")
         return cls(
@@ -192,12 +190,7 @@ class ProgressSnapshot:
     @property
     def activity(self) -> int:
         """Learning events this session: every tool call that taught or checked something."""
-        return (
-            len(self.vocabulary)
-            + len(self.phrases)
-            + len(self.pronunciation_scores)
-            + len(self.grammar_points)
-        )
+        return len(self.vocabulary) + len(self.phrases) + len(self.pronunciation_scores) + len(self.grammar_points)
 
     def progress_json(self) -> dict[str, Any]:
         progress: dict[str, Any] = {

@@ -24,11 +24,13 @@ second signal skips the rest of the drain.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import logging
 import math
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -37,12 +39,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from livekit.agents import AgentServer, JobExecutorType, JobRequest, WorkerPermissions
-from loqua_common.metrics import serve_http
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from loqua_common.metrics import serve_http
 from loqua_tutor import __version__
 from loqua_tutor.entrypoint import entrypoint, on_session_end, prewarm
-from loqua_tutor.metrics import JOB_METRIC_NAMES, JobMetrics, WorkerMetrics
+from loqua_tutor.metrics import JOB_METRIC_NAMES, JobMetrics, WorkerMetrics, worker_metrics
 from loqua_tutor.multiproc import MultiprocStore, exposition_registry
 from loqua_tutor.pipeline import check_providers, mode_description
 from loqua_tutor.settings import TutorSettings
@@ -147,15 +149,14 @@ def build_server(settings: TutorSettings, metrics: WorkerMetrics) -> tuple[Agent
         num_idle_processes=settings.idle_processes,
         shutdown_process_timeout=SHUTDOWN_PROCESS_TIMEOUT,
         session_end_timeout=settings.finalize_timeout_seconds + 5.0,
-        permissions=WorkerPermissions(
-            can_publish=settings.voice_enabled, can_subscribe=settings.voice_enabled
-        ),
+        permissions=WorkerPermissions(can_publish=settings.voice_enabled, can_subscribe=settings.voice_enabled),
         ws_url=settings.livekit_url,
         api_key=settings.livekit_api_key.get_secret_value(),
         api_secret=settings.livekit_api_secret.get_secret_value(),
         host=settings.http_host,
         port=settings.health_port,
-        log_level=settings.log_level,
+        # livekit-agents spells it WARN
+        log_level="WARN" if settings.log_level == "WARNING" else settings.log_level,
         setup_fnc=prewarm,
     )
     admission = _Admission(gate, metrics, settings)
@@ -169,10 +170,21 @@ def build_server(settings: TutorSettings, metrics: WorkerMetrics) -> tuple[Agent
     return server, admission
 
 
+_default_metrics_dir: str | None = None
+
+
 def _prepare_metrics_dir(settings: TutorSettings) -> MultiprocStore | None:
+    global _default_metrics_dir
     if settings.job_executor != "process":
         return None
-    path = settings.prometheus_multiproc_dir or tempfile.mkdtemp(prefix="loqua-tutor-metrics-")
+    if not settings.prometheus_multiproc_dir and _default_metrics_dir is None:
+        # One directory per worker process, kept for its lifetime: job processes are forked from a
+        # forkserver that keeps the environment of the first start (a second run_worker() in the
+        # same process, as tests do, must find the same directory).
+        _default_metrics_dir = tempfile.mkdtemp(prefix="loqua-tutor-metrics-")
+        atexit.register(shutil.rmtree, _default_metrics_dir, True)
+    path = settings.prometheus_multiproc_dir or _default_metrics_dir
+    assert path is not None
     # Zero-valued twins of the job metrics, never updated: they stand in until a job reports.
     return MultiprocStore.prepare(path, JOB_METRIC_NAMES, zeros=_zero_job_metrics())
 
@@ -200,7 +212,8 @@ async def run_worker(
     check_providers(settings)  # main thread, before any job process: livekit plugin rule
     stop = stop or asyncio.Event()
     force = asyncio.Event()
-    metrics = WorkerMetrics(registry)
+    metrics = worker_metrics(registry)
+    metrics.worker_draining.set(0)
     gate = CapacityGate(settings.max_sessions)
     metrics.build_info.info(
         {
@@ -213,10 +226,7 @@ async def run_worker(
     )
     metrics.worker_capacity.set(gate.max_sessions)
     if not settings.agent_name and os.environ.get("LIVEKIT_AGENT_NAME"):
-        log.warning(
-            "LIVEKIT_AGENT_NAME is set; livekit-agents registers with it although AGENT_NAME is empty"
-        )
-    created_dir = settings.job_executor == "process" and not settings.prometheus_multiproc_dir
+        log.warning("LIVEKIT_AGENT_NAME is set; livekit-agents registers with it although AGENT_NAME is empty")
     store = _prepare_metrics_dir(settings)
     server, _ = build_server(settings, metrics)
     registered = asyncio.Event()
@@ -307,17 +317,13 @@ async def run_worker(
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         http.close()
-        if created_dir and store is not None:
-            store.remove()
         log.info("worker stopped")
         for handler in logging.getLogger().handlers:
             handler.flush()
     return exit_code
 
 
-async def _drain(
-    server: AgentServer, settings: TutorSettings, metrics: WorkerMetrics, force: asyncio.Event
-) -> None:
+async def _drain(server: AgentServer, settings: TutorSettings, metrics: WorkerMetrics, force: asyncio.Event) -> None:
     metrics.worker_draining.set(1)
     started = time.monotonic()
     running = len(server.active_jobs)

@@ -16,12 +16,15 @@ from loqua_common.metrics import serve_http
 from loqua_operator import __version__
 from loqua_operator.context import OperatorContext
 from loqua_operator.dispatcher import Dispatcher
-from loqua_operator.handlers import dispatch as dispatch_handlers
+from loqua_operator.handlers import dispatch as _dispatch_handlers  # noqa: F401 (registers handlers)
+from loqua_operator.handlers import lifecycle as _lifecycle_handlers  # noqa: F401 (registers handlers)
+from loqua_operator.handlers import registry
 from loqua_operator.kube import Kube, load_config
 from loqua_operator.leader import LeaderElector
 from loqua_operator.livekit_gateway import LiveKitGateway
 from loqua_operator.metrics import OperatorMetrics
 from loqua_operator.settings import OperatorSettings
+from loqua_operator.tracker import LifecycleTracker
 
 log = logging.getLogger("loqua_operator")
 
@@ -66,19 +69,19 @@ async def run(settings: OperatorSettings, namespaces: list[str]) -> int:
     try:
         if settings.leader_election:
             namespace = (
-                settings.lease_namespace
-                or settings.pod_namespace
-                or (namespaces[0] if namespaces else "default")
+                settings.lease_namespace or settings.pod_namespace or (namespaces[0] if namespaces else "default")
             )
             elector = LeaderElector(kube, namespace, settings.lease_name, identity)
             await elector.acquire()
             metrics.is_leader.set(1)
         await gateway.start()
-        ctx = OperatorContext(settings, metrics, gateway, Dispatcher(gateway, metrics, settings), kube)
+        dispatcher = Dispatcher(gateway, metrics, settings)
+        tracker = LifecycleTracker(settings, gateway, dispatcher, kube, metrics)
+        ctx = OperatorContext(settings, metrics, gateway, dispatcher, kube, tracker)
         stop_flag: asyncio.Event = asyncio.Event()
         operator_task = asyncio.create_task(
             kopf.operator(
-                registry=dispatch_handlers.registry,
+                registry=registry,
                 clusterwide=not namespaces,
                 namespaces=namespaces,
                 memo=kopf.Memo(ctx=ctx),

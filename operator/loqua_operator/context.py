@@ -9,6 +9,7 @@ from loqua_operator.kube import Kube
 from loqua_operator.livekit_gateway import LiveKitGateway
 from loqua_operator.metrics import OperatorMetrics
 from loqua_operator.settings import OperatorSettings
+from loqua_operator.tracker import LifecycleTracker
 
 
 @dataclass
@@ -18,3 +19,4 @@ class OperatorContext:
     gateway: LiveKitGateway
     dispatcher: Dispatcher
     kube: Kube
+    tracker: LifecycleTracker

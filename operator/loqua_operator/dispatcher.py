@@ -79,28 +79,26 @@ class Dispatcher:
 
     async def _bind_once(
         self, spec: DispatchSpec, current: dict[str, Any]
-    ) -> tuple[decisions.DispatchPlan, ObservedDispatch, list[str]]:
+    ) -> tuple[decisions.DispatchPlan, ObservedDispatch, list[str], str]:
         # The room must exist first: livekit-server cannot answer ListDispatch for an unknown room
         # (it times out), and creating it ourselves sets timeouts that outlast the TTL.
         empty_timeout, departure_timeout = room_timeouts(spec.ttl_seconds)
-        await self._gw.ensure_room(spec.room, empty_timeout, departure_timeout)
+        room_sid = await self._gw.ensure_room(spec.room, empty_timeout, departure_timeout)
         observed = await self.observe(spec.room)
-        plan = decisions.plan_dispatch(
-            spec.agent_name, observed, current.get("dispatchId"), current.get("reused")
-        )
+        plan = decisions.plan_dispatch(spec.agent_name, observed, current.get("dispatchId"), current.get("reused"))
         removed = await self._remove_duplicates(spec.room, plan.delete)
         if plan.create:
             kept = await self._gw.create_dispatch(spec.room, spec.agent_name, spec.metadata)
         else:
             assert plan.keep is not None
             kept = plan.keep
-        return plan, kept, removed
+        return plan, kept, removed, room_sid
 
     async def bind(self, spec: DispatchSpec, current: dict[str, Any], generation: int) -> Outcome:
         """Make sure one live dispatch serves ``spec`` and record it in the status."""
         async with self.lock(spec.key):
             try:
-                plan, kept, removed = await with_retries(
+                plan, kept, removed, room_sid = await with_retries(
                     lambda: self._bind_once(spec, current),
                     attempts=self._settings.livekit_retry_attempts,
                     base_seconds=self._settings.livekit_retry_base_seconds,
@@ -140,18 +138,43 @@ class Dispatcher:
                     Event(
                         "Normal",
                         "DispatchReused",
-                        f"reusing live LiveKit dispatch {kept.id} "
-                        f"for agent {spec.agent_name} in room {spec.room}",
+                        f"reusing live LiveKit dispatch {kept.id} for agent {spec.agent_name} in room {spec.room}",
                     )
                 )
         now = dt.datetime.now(dt.UTC)
-        return Outcome(
-            status=status.dispatched_status(current, kept.id, plan.reused, generation, now), events=events
-        )
+        new_status = status.dispatched_status(current, kept.id, plan.reused, generation, now)
+        new_status["roomSid"] = room_sid
+        return Outcome(status=new_status, events=events)
 
-    async def release(
-        self, me: ObjectRef, spec: DispatchSpec, holders: Iterable[tuple[ObjectRef, bool]]
-    ) -> Outcome:
+    async def redispatch(self, spec: DispatchSpec, dead_id: str | None) -> ObservedDispatch:
+        """Replace a dispatch whose agent never showed up: delete it first, then create a new one,
+        so the room never holds two dispatches of this agent at once."""
+        async with self.lock(spec.key):
+
+            async def once() -> ObservedDispatch:
+                for d in decisions.ours(await self.observe_if_room_exists(spec.room), spec.agent_name):
+                    if await self._gw.delete_dispatch(spec.room, d.id):
+                        self._metrics.dispatches_deleted.labels("redispatch").inc()
+                empty_timeout, departure_timeout = room_timeouts(spec.ttl_seconds)
+                await self._gw.ensure_room(spec.room, empty_timeout, departure_timeout)
+                return await self._gw.create_dispatch(spec.room, spec.agent_name, spec.metadata)
+
+            created = await with_retries(
+                once,
+                attempts=self._settings.livekit_retry_attempts,
+                base_seconds=self._settings.livekit_retry_base_seconds,
+            )
+        self._metrics.redispatches.inc()
+        self._metrics.dispatches_created.inc()
+        log.info(
+            "replaced dispatch %s by %s",
+            dead_id,
+            created.id,
+            extra={"fields": {"room": spec.room, "agent": spec.agent_name, "dispatch_id": created.id}},
+        )
+        return created
+
+    async def release(self, me: ObjectRef, spec: DispatchSpec, holders: Iterable[tuple[ObjectRef, bool]]) -> Outcome:
         """The finalizer's work: delete the LiveKit dispatch unless another object still uses it."""
         async with self.lock(spec.key):
             observed = await with_retries(
@@ -162,9 +185,7 @@ class Dispatcher:
             plan = decisions.plan_release(me, spec.key, observed, holders)
             if plan.shared_with:
                 names = ", ".join(f"{r.namespace}/{r.name}" for r in plan.shared_with)
-                return Outcome(
-                    events=[Event("Normal", "DispatchKept", f"dispatch kept: still used by {names}")]
-                )
+                return Outcome(events=[Event("Normal", "DispatchKept", f"dispatch kept: still used by {names}")])
             deleted = []
             for dispatch in plan.delete:
                 gone = await with_retries(
@@ -177,6 +198,4 @@ class Dispatcher:
                 deleted.append(dispatch.id)
         if not deleted:
             return Outcome(events=[Event("Normal", "DispatchGone", "LiveKit had no dispatch left to delete")])
-        return Outcome(
-            events=[Event("Normal", "DispatchDeleted", f"deleted LiveKit dispatch {', '.join(deleted)}")]
-        )
+        return Outcome(events=[Event("Normal", "DispatchDeleted", f"deleted LiveKit dispatch {', '.join(deleted)}")])

@@ -6,6 +6,7 @@ The official client is synchronous; calls run in a thread so the event loop neve
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import fnmatch
 from typing import Any
 
@@ -40,6 +41,7 @@ class Kube:
         self._namespaces = [] if any(set(ns) & set("*?[!") for ns in self._patterns) else self._patterns
         self._custom = kubernetes.client.CustomObjectsApi()
         self._coord = kubernetes.client.CoordinationV1Api()
+        self._core = kubernetes.client.CoreV1Api()
 
     def watches(self, namespace: str) -> bool:
         if not self._patterns:
@@ -59,15 +61,11 @@ class Kube:
 
         def fetch() -> list[dict[str, Any]]:
             if not self._namespaces:
-                resp = self._custom.list_cluster_custom_object(
-                    GROUP, VERSION, PLURAL, field_selector=selector
-                )
+                resp = self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, field_selector=selector)
                 return list(resp.get("items", []))
             items: list[dict[str, Any]] = []
             for ns in self._namespaces:
-                resp = self._custom.list_namespaced_custom_object(
-                    GROUP, VERSION, ns, PLURAL, field_selector=selector
-                )
+                resp = self._custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, field_selector=selector)
                 items.extend(resp.get("items", []))
             return items
 
@@ -86,9 +84,7 @@ class Kube:
                 return list(self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL).get("items", []))
             items: list[dict[str, Any]] = []
             for ns in self._namespaces:
-                items.extend(
-                    self._custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL).get("items", [])
-                )
+                items.extend(self._custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL).get("items", []))
             return items
 
         return [i for i in await asyncio.to_thread(fetch) if self.watches(i["metadata"]["namespace"])]
@@ -98,9 +94,7 @@ class Kube:
         body = {"preconditions": {"uid": uid}} if uid else None
 
         def call() -> None:
-            self._custom.delete_namespaced_custom_object(
-                GROUP, VERSION, ref.namespace, PLURAL, ref.name, body=body
-            )
+            self._custom.delete_namespaced_custom_object(GROUP, VERSION, ref.namespace, PLURAL, ref.name, body=body)
 
         try:
             await asyncio.to_thread(call)
@@ -109,6 +103,49 @@ class Kube:
                 return False
             raise
         return True
+
+    async def patch_status(self, ref: ObjectRef, status: dict[str, Any]) -> bool:
+        """Merge-patch the status subresource; False when the object is gone."""
+
+        def call() -> None:
+            self._custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, ref.namespace, PLURAL, ref.name, {"status": status}
+            )
+
+        try:
+            await asyncio.to_thread(call)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the object (what ``kubectl describe`` shows), from outside kopf handlers."""
+        meta = body.get("metadata") or {}
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        event = {
+            "metadata": {"generateName": f"{meta.get('name', 'agentdispatch')}.", "namespace": meta.get("namespace")},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "loqua-operator"},
+            "reportingComponent": "loqua-operator",
+            "reportingInstance": "loqua-operator",
+            "action": reason,
+            "firstTimestamp": now[:19] + "Z",
+            "lastTimestamp": now[:19] + "Z",
+            "eventTime": now,
+            "count": 1,
+        }
+        await asyncio.to_thread(self._core.create_namespaced_event, meta.get("namespace"), event)
 
     # ---- Lease -----------------------------------------------------------------------------------
     async def read_lease(self, namespace: str, name: str) -> Any | None:

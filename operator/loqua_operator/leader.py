@@ -76,9 +76,7 @@ class LeaderElector:
         view = None
         if lease is not None:
             spec = lease.spec
-            view = LeaseView(
-                spec.holder_identity, spec.renew_time, spec.lease_duration_seconds or self.duration
-            )
+            view = LeaseView(spec.holder_identity, spec.renew_time, spec.lease_duration_seconds or self.duration)
         action = decide(view, self.identity, now)
         if action is LeaseAction.WAIT:
             return False

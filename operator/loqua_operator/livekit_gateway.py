@@ -55,6 +55,7 @@ class LiveKitGateway:
         self._settings = settings
         self._metrics = metrics
         self._api: api.LiveKitAPI | None = None
+        self.calls = 0  # LiveKit calls made, for the per-sweep figure
 
     async def start(self) -> None:
         self._api = api.LiveKitAPI(
@@ -78,6 +79,7 @@ class LiveKitGateway:
 
     async def _call(self, method: str, fn: Callable[[], Awaitable[T]]) -> T:
         started = time.perf_counter()
+        self.calls += 1
         self._metrics.livekit_requests.labels(method).inc()
         try:
             result = await fn()
@@ -90,11 +92,7 @@ class LiveKitGateway:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self._metrics.livekit_up.set(0)
             self._metrics.livekit_errors.labels(method, "unavailable").inc()
-            reason = (
-                type(exc).__name__
-                if isinstance(exc, asyncio.TimeoutError)
-                else str(exc) or type(exc).__name__
-            )
+            reason = type(exc).__name__ if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
             raise LiveKitError(method, "unavailable", reason, retryable=True) from None
         finally:
             self._metrics.livekit_duration.labels(method).observe(time.perf_counter() - started)
@@ -114,9 +112,7 @@ class LiveKitGateway:
     async def delete_dispatch(self, room: str, dispatch_id: str) -> bool:
         """Delete one dispatch; False when LiveKit no longer had it (not an error)."""
         try:
-            await self._call(
-                "DeleteDispatch", lambda: self.lk.agent_dispatch.delete_dispatch(dispatch_id, room)
-            )
+            await self._call("DeleteDispatch", lambda: self.lk.agent_dispatch.delete_dispatch(dispatch_id, room))
         except LiveKitError as exc:
             if exc.code == "not_found":
                 return False
@@ -126,15 +122,11 @@ class LiveKitGateway:
     # ---- rooms -----------------------------------------------------------------------------------
     async def ensure_room(self, room: str, empty_timeout: int, departure_timeout: int) -> None:
         """Create the room (no-op when it exists) with timeouts that outlast the object's TTL."""
-        req = api.CreateRoomRequest(
-            name=room, empty_timeout=empty_timeout, departure_timeout=departure_timeout
-        )
+        req = api.CreateRoomRequest(name=room, empty_timeout=empty_timeout, departure_timeout=departure_timeout)
         await self._call("CreateRoom", lambda: self.lk.room.create_room(req))
 
     async def list_rooms(self, names: list[str] | None = None) -> list[api.Room]:
-        resp = await self._call(
-            "ListRooms", lambda: self.lk.room.list_rooms(api.ListRoomsRequest(names=names or []))
-        )
+        resp = await self._call("ListRooms", lambda: self.lk.room.list_rooms(api.ListRoomsRequest(names=names or [])))
         return list(resp.rooms)
 
     async def list_participants(self, room: str) -> list[api.ParticipantInfo]:

@@ -106,8 +106,48 @@ class OperatorMetrics:
             ["handler"],
             registry=registry,
         )
-        self.is_leader = Gauge(
-            f"{PREFIX}_leader", "1 while this replica holds the leader Lease", registry=registry
+        self.is_leader = Gauge(f"{PREFIX}_leader", "1 while this replica holds the leader Lease", registry=registry)
+        self.expired = Counter(
+            f"{PREFIX}_expired_total", "Objects deleted because their TTL ran out", registry=registry
+        )
+        self.redispatches = Counter(
+            f"{PREFIX}_redispatches_total",
+            "Dead dispatches replaced because no agent answered",
+            registry=registry,
+        )
+        self.orphans_found = Counter(
+            f"{PREFIX}_orphans_found_total",
+            "Unreferenced dispatches of managed agent names found",
+            registry=registry,
+        )
+        self.orphans_removed = Counter(
+            f"{PREFIX}_orphans_removed_total",
+            "Unreferenced dispatches deleted by the sweep",
+            registry=registry,
+        )
+        self.sweep_duration = Histogram(
+            f"{PREFIX}_sweep_duration_seconds",
+            "Duration of one lifecycle sweep",
+            buckets=buckets,
+            registry=registry,
+        )
+        self.sweep_errors = Counter(
+            f"{PREFIX}_sweep_errors_total", "Errors during sweeps (never fatal)", registry=registry
+        )
+        self.sweep_livekit_calls = Gauge(
+            f"{PREFIX}_sweep_livekit_calls", "LiveKit calls made by the last sweep", registry=registry
+        )
+        self.webhook_events = Counter(
+            f"{PREFIX}_webhook_events_total",
+            "LiveKit webhooks received, by event and verdict",
+            ["event", "verdict"],
+            registry=registry,
+        )
+        self.status_updates = Counter(
+            f"{PREFIX}_status_updates_total",
+            "Lifecycle status updates, by source",
+            ["source"],
+            registry=registry,
         )
         self.phases = PhaseCollector()
         registry.register(self.phases)

@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "deploy" / "crds"
 GROUP, VERSION, PLURAL = "agents.loqua.app", "v1alpha1", "agentdispatches"
 SESSION_NS_PATTERN = "lq-*"  # the session operator's namespaces; solo tests use others
+# Agent names whose unreferenced dispatches the session operator's sweep removes. Tests with their
+# own operators use other names (solo-tutor) so this sweep never touches their rooms.
+SESSION_MANAGED_NAMES = "tutor,ghost"
 
 
 def kubectl(env: dict[str, str], *args: str, input_: str | None = None, check: bool = True) -> str:
@@ -75,7 +78,16 @@ def operator(stack_env: dict[str, str], crd: None, logs_dir: Path) -> Iterator[S
         stack_env,
         logs_dir / "operator-session.log",
         namespaces=[SESSION_NS_PATTERN],
-        extra_env={"LEASE_NAME": "it-session-operator", "LEASE_NAMESPACE": "default", "LOG_LEVEL": "DEBUG"},
+        extra_env={
+            "LEASE_NAME": "it-session-operator",
+            "LEASE_NAMESPACE": "default",
+            "LOG_LEVEL": "DEBUG",
+            # Fast lifecycle for tests: sweep every 2 s, short grace periods.
+            "CLEANUP_INTERVAL_MS": "2000",
+            "AGENT_PRESENCE_GRACE_SECONDS": "4",
+            "ORPHAN_GRACE_SECONDS": "3",
+            "MANAGED_AGENT_NAMES": SESSION_MANAGED_NAMES,
+        },
     ).start()
     proc.wait_healthy(timeout=60, body="ok")
     yield proc

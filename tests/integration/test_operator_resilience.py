@@ -30,6 +30,7 @@ from tests.integration.conftest import (
 )
 
 pytestmark = pytest.mark.integration
+SOLO_AGENT = "solo-tutor"  # not managed by the session operator's orphan sweep
 
 
 def solo_operator(stack_env: dict[str, str], logs_dir: Path, ns: str, tag: str, lease: str) -> ServiceProcess:
@@ -37,7 +38,7 @@ def solo_operator(stack_env: dict[str, str], logs_dir: Path, ns: str, tag: str, 
         stack_env,
         logs_dir / f"operator-{tag}-{ns}.log",
         namespaces=[ns],
-        extra_env={"LEASE_NAME": lease, "LEASE_NAMESPACE": ns, "LOG_LEVEL": "INFO"},
+        extra_env={"LEASE_NAME": lease, "LEASE_NAMESPACE": ns, "LOG_LEVEL": "INFO", "WEBHOOK_PORT": "0"},
     )
 
 
@@ -55,7 +56,7 @@ def is_leader(proc: ServiceProcess) -> bool:
 
 async def assert_one_dispatch_per_room(lk, custom, ns: str, rooms: dict[str, list[str]]) -> None:
     for room, names in rooms.items():
-        found = await live_dispatches(lk, room, "tutor")
+        found = await live_dispatches(lk, room, SOLO_AGENT)
         assert len(found) == 1, f"room {room}: {len(found)} dispatches"
         for name in names:
             assert get_ad(custom, ns, name)["status"]["dispatchId"] == found[0].id
@@ -108,7 +109,7 @@ async def test_sigkill_mid_burst_converges(stack_env, custom, core, logs_dir, lk
             room = f"burst-{ns}-{i % 35}"  # 15 rooms are shared by two objects
             name = f"ad-{i}"
             rooms[room].append(name)
-            custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ad_manifest(name, room))
+            custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ad_manifest(name, room, agent=SOLO_AGENT))
         wait_for(lambda: phases(custom, ns)["Dispatched"] >= 10, "some objects dispatched", 60, interval=0.05)
         op.kill()
         done_at_kill = phases(custom, ns)["Dispatched"]
@@ -140,13 +141,13 @@ async def test_two_replicas_never_duplicate(stack_env, custom, core, logs_dir, l
         for i in range(20):
             room = f"ha-{ns}-{i % 10}"
             rooms[room].append(f"ad-{i}")
-            custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ad_manifest(f"ad-{i}", room))
+            custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ad_manifest(f"ad-{i}", room, agent=SOLO_AGENT))
         wait_for(lambda: phases(custom, ns)["Dispatched"] == 20, "20 Dispatched", 60)
         await assert_one_dispatch_per_room(lk, custom, ns, rooms)
         # Fail over: the standby takes the Lease once it expires and serves new objects.
         leader.kill()
         wait_for(lambda: is_leader(standby), "standby takes over", 60)
-        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ad_manifest("after", f"ha-{ns}-0"))
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ad_manifest("after", f"ha-{ns}-0", agent=SOLO_AGENT))
         rooms[f"ha-{ns}-0"].append("after")
         wait_phase(custom, ns, "after", "Dispatched", timeout=60)
         await assert_one_dispatch_per_room(lk, custom, ns, rooms)

@@ -65,7 +65,9 @@ def make_client(
     return client, sleeps, metrics, tokens
 
 
-def sequence(*responses: httpx.Response | Exception) -> tuple[Callable[[httpx.Request], httpx.Response], list]:
+def sequence(
+    *responses: httpx.Response | Exception,
+) -> tuple[Callable[[httpx.Request], httpx.Response], list]:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -138,9 +140,7 @@ async def test_429_honours_retry_after_seconds() -> None:
 
 
 async def test_429_retry_after_is_capped_and_falls_back_to_backoff() -> None:
-    handler, _ = sequence(
-        httpx.Response(429, headers={"Retry-After": "3600"}), httpx.Response(429), ok()
-    )
+    handler, _ = sequence(httpx.Response(429, headers={"Retry-After": "3600"}), httpx.Response(429), ok())
     client, sleeps, _, _ = make_client(handler)
     await client.create_session({})
     assert sleeps.delays[0] == 60.0 and 1.0 <= sleeps.delays[1] <= 1.5

@@ -18,7 +18,10 @@ class Clock:
 
 def make(clock: Clock, changes: list[BreakerState] | None = None, **kw: object) -> CircuitBreaker:
     return CircuitBreaker(
-        failure_threshold=3, reset_timeout=30.0, clock=clock, on_change=(changes.append if changes is not None else None),
+        failure_threshold=3,
+        reset_timeout=30.0,
+        clock=clock,
+        on_change=(changes.append if changes is not None else None),
         **kw,  # type: ignore[arg-type]
     )
 

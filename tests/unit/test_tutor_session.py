@@ -9,16 +9,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from types import SimpleNamespace
 
 import httpx
 import jwt
+import pytest
+from livekit import rtc
 from prometheus_client import CollectorRegistry
 
 from loqua_tutor.api_client import LoquaApiClient
 from loqua_tutor.breaker import CircuitBreaker
 from loqua_tutor.cache import TTLCache
 from loqua_tutor.crypto import derive_key, encrypt_token
-from loqua_tutor.entrypoint import build_session, learner_from_attributes
+from loqua_tutor.entrypoint import _follow_learner, build_session, learner_from_attributes, wait_for_learner
 from loqua_tutor.metrics import JobMetrics
 from loqua_tutor.session import Learner, TutorSession
 from loqua_tutor.settings import TutorSettings
@@ -90,12 +93,19 @@ def make_session(
     metrics = JobMetrics(CollectorRegistry())
     breaker = CircuitBreaker(failure_threshold=1000)
     client = LoquaApiClient(
-        "http://api.test", agent_id="tutor", agent_token="agent.jwt.t", breaker=breaker, metrics=metrics,
-        transport=httpx.MockTransport(api), sleep=no_sleep, max_retries=1,
+        "http://api.test",
+        agent_id="tutor",
+        agent_token="agent.jwt.t",
+        breaker=breaker,
+        metrics=metrics,
+        transport=httpx.MockTransport(api),
+        sleep=no_sleep,
+        max_retries=1,
     )
     tokens = TokenManager(
         user_token_exchange(client, key=KEY, room_name="room", user_id="u1", metrics=metrics),
-        metrics=metrics, sleep=no_sleep,
+        metrics=metrics,
+        sleep=no_sleep,
     )
     client.set_user_tokens(tokens)
     fake = fake or FakeTime()
@@ -139,7 +149,10 @@ async def test_progress_is_sent_only_when_changed() -> None:
     assert sent[0] == {
         "userId": "u1",
         "sessionId": "sess_1_abc",
-        "data": {"status": "in_progress", "progress": {"words_learned": 1, "phrases_practiced": 0, "grammar_points": []}},
+        "data": {
+            "status": "in_progress",
+            "progress": {"words_learned": 1, "phrases_practiced": 0, "grammar_points": []},
+        },
     }
     await session.finalize()
 
@@ -259,15 +272,81 @@ def test_learner_attributes() -> None:
 
 async def test_build_session_wires_real_parts() -> None:
     settings = TutorSettings(
-        agent_jwt_token="a.b.c", agent_id="tutor", api_base_url="http://api.test", shared_secret=SECRET,
-        livekit_url="ws://lk", livekit_api_key="k", livekit_api_secret="s",
+        agent_jwt_token="a.b.c",
+        agent_id="tutor",
+        api_base_url="http://api.test",
+        shared_secret=SECRET,
+        livekit_url="ws://lk",
+        livekit_api_key="k",
+        livekit_api_secret="s",
     )
     api = FakeApi()
     session = build_session(
-        settings, "room", Learner("u1", "sess_1_a"), JobMetrics(CollectorRegistry()),
-        transport=httpx.MockTransport(api), sleep=no_sleep,
+        settings,
+        "room",
+        Learner("u1", "sess_1_a"),
+        JobMetrics(CollectorRegistry()),
+        transport=httpx.MockTransport(api),
+        sleep=no_sleep,
     )
     await session.start()
     await session.finalize()
-    assert [p for _, p, _ in api.requests][:2] == ["/api/v1/agent/user-token", "/api/v1/agent/user/u1/context"]
+    assert [p for _, p, _ in api.requests][:2] == [
+        "/api/v1/agent/user-token",
+        "/api/v1/agent/user/u1/context",
+    ]
     assert len(api.bodies("/api/v1/agent/sessions")) == 1
+
+
+class FakeRoom(rtc.EventEmitter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.remote_participants: dict[str, SimpleNamespace] = {}
+
+    def join(
+        self, identity: str, user_id: str | None, kind: int = rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD
+    ) -> None:
+        p = SimpleNamespace(identity=identity, kind=kind, attributes={"user_id": user_id} if user_id else {})
+        self.remote_participants[identity] = p
+        self.emit("participant_connected", p)
+
+    def leave(self, identity: str) -> None:
+        self.emit("participant_disconnected", self.remote_participants.pop(identity))
+
+
+async def test_wait_for_learner_matches_user_and_skips_agents() -> None:
+    room = FakeRoom()
+    room.join("agent-x", "u1", rtc.ParticipantKind.PARTICIPANT_KIND_AGENT)
+    waiter = asyncio.create_task(wait_for_learner(room, "u1"))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    room.join("someone-else", "u2")
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    room.join("web-2", "u1")  # the learner back under a new identity after a refresh
+    assert (await asyncio.wait_for(waiter, 1)).identity == "web-2"
+    room.remote_participants["web-2"].attributes = {"user_id": "u1"}
+    assert (await wait_for_learner(room)).identity in ("someone-else", "web-2")  # type: ignore[arg-type]
+    gone = asyncio.create_task(wait_for_learner(room, "u9"))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    room.emit("disconnected")
+    with pytest.raises(RuntimeError):
+        await gone
+
+
+async def test_learner_refresh_keeps_the_session() -> None:
+    room = FakeRoom()
+    room.join("web-1", "u1")
+    api = FakeApi()
+    session, _ = make_session(api)
+    ctx = SimpleNamespace(room=room)
+    follower = asyncio.create_task(_follow_learner(ctx, session, "web-1", None))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    room.leave("web-1")
+    await asyncio.sleep(0)
+    assert not follower.done() and not session.finalized  # leaving is not the end
+    room.join("web-1", "u1")
+    await asyncio.sleep(0)
+    room.leave("web-1")  # and again: it keeps following
+    await asyncio.sleep(0)
+    assert not follower.done() and not session.finalized
+    follower.cancel()

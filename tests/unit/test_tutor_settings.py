@@ -19,9 +19,21 @@ BASE_ENV = {
     "LIVEKIT_API_SECRET": "livekit-secret-value",
 }
 ALL_VARS = [
-    *BASE_ENV, "DEV_AGENT_SECRET", "STAGING_AGENT_SECRET", "PROD_AGENT_SECRET", "LOQUA_ENV", "TIER",
-    "MAX_CONCURRENT_SESSIONS", "AGENT_NAME", "SHARED_SECRET_PAD_BYTE", "STT_PROVIDER", "LLM_PROVIDER",
-    "TTS_PROVIDER", "METRICS_PORT", "JOB_EXECUTOR", "LIVEKIT_AGENT_NAME",
+    *BASE_ENV,
+    "DEV_AGENT_SECRET",
+    "STAGING_AGENT_SECRET",
+    "PROD_AGENT_SECRET",
+    "LOQUA_ENV",
+    "TIER",
+    "MAX_CONCURRENT_SESSIONS",
+    "AGENT_NAME",
+    "SHARED_SECRET_PAD_BYTE",
+    "STT_PROVIDER",
+    "LLM_PROVIDER",
+    "TTS_PROVIDER",
+    "METRICS_PORT",
+    "JOB_EXECUTOR",
+    "LIVEKIT_AGENT_NAME",
 ]
 
 
@@ -44,12 +56,18 @@ def test_defaults(env: pytest.MonkeyPatch) -> None:
     s = load_settings(TutorSettings)
     assert s.api_base_url == "http://127.0.0.1:8000" and s.agent_name == ""
     assert s.tier is Tier.BASIC_CONVERSATION and s.max_sessions == 10
-    assert (s.participant_wait_timeout_seconds, s.progress_interval_seconds, s.drain_timeout_seconds) == (45, 30, 600)
+    assert (s.participant_wait_timeout_seconds, s.progress_interval_seconds, s.drain_timeout_seconds) == (
+        45,
+        30,
+        600,
+    )
     assert (s.metrics_port, s.health_port, s.log_rate_limit, s.pad_byte) == (9101, 8081, 400, 0)
     assert not s.voice_enabled and s.job_executor == "process"
 
 
-@pytest.mark.parametrize(("tier", "sessions"), [("basic-conversation", 10), ("ai-processing", 5), ("specialized-tutor", 3)])
+@pytest.mark.parametrize(
+    ("tier", "sessions"), [("basic-conversation", 10), ("ai-processing", 5), ("specialized-tutor", 3)]
+)
 def test_tier_sets_the_cap(env: pytest.MonkeyPatch, tier: str, sessions: int) -> None:
     env.setenv("TIER", tier)
     assert load_settings(TutorSettings).max_sessions == sessions
@@ -111,7 +129,9 @@ def test_secrets_never_echoed(env: pytest.MonkeyPatch) -> None:
 
 def test_voice_needs_all_three_providers(env: pytest.MonkeyPatch) -> None:
     env.setenv("LLM_PROVIDER", "openai")
-    text = str(pytest.raises(SettingsError, load_settings, TutorSettings).value)
+    with pytest.raises(SettingsError) as info:
+        load_settings(TutorSettings)
+    text = str(info.value)
     assert "STT_PROVIDER" in text and "TTS_PROVIDER" in text
     env.setenv("STT_PROVIDER", "Deepgram")
     env.setenv("TTS_PROVIDER", "openai")
@@ -138,6 +158,8 @@ def test_cli_bad_settings_exit_2_without_secrets(env: pytest.MonkeyPatch, capsys
 
 
 def test_cli_flags_override_environment(env: pytest.MonkeyPatch) -> None:
-    args = cli._parser().parse_args(["start", "--tier", "specialized-tutor", "--executor", "thread", "--agent-name", "tutor-x"])
+    args = cli._parser().parse_args(
+        ["start", "--tier", "specialized-tutor", "--executor", "thread", "--agent-name", "tutor-x"]
+    )
     settings = cli.load(cli._overrides(args))
     assert (settings.max_sessions, settings.job_executor, settings.agent_name) == (3, "thread", "tutor-x")

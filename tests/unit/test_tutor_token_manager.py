@@ -157,8 +157,12 @@ async def test_forced_refresh_replaces_a_token_the_api_refused() -> None:
 
 def _api(handler) -> LoquaApiClient:
     return LoquaApiClient(
-        "http://api.test", agent_id="a", agent_token="agent.jwt.x", breaker=CircuitBreaker(),
-        transport=httpx.MockTransport(handler), max_retries=0,
+        "http://api.test",
+        agent_id="a",
+        agent_token="agent.jwt.x",
+        breaker=CircuitBreaker(),
+        transport=httpx.MockTransport(handler),
+        max_retries=0,
     )
 
 
@@ -177,7 +181,10 @@ async def test_exchange_decrypts_and_counts_results() -> None:
         await wrong()
     refused = user_token_exchange(
         _api(lambda r: httpx.Response(401, json={"error": {"code": "INVALID_TOKEN"}})),
-        key=key, room_name="r", user_id="u", metrics=metrics,
+        key=key,
+        room_name="r",
+        user_id="u",
+        metrics=metrics,
     )
     with pytest.raises(ApiError):
         await refused()

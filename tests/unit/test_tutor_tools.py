@@ -56,7 +56,12 @@ def test_bad_calls_raise_tool_error(tool: object, args: object, message: str) ->
 def test_rpc_payloads() -> None:
     tools = TutorTools(ProgressTracker(), session_id="sess_9_z")
     reply = rpc(tools, {"tool": "new_word", "args": {"word": "gato", "translation": "cat", "language": "es"}})
-    assert reply == {"ok": True, "tool": "new_word", "result": {"added": True, "words_learned": 1}, "session_id": "sess_9_z"}
+    assert reply == {
+        "ok": True,
+        "tool": "new_word",
+        "result": {"added": True, "words_learned": 1},
+        "session_id": "sess_9_z",
+    }
     assert rpc(tools, "not json") == {"ok": False, "error": "payload must be JSON"}
     assert rpc(tools, [1, 2])["ok"] is False
     assert "unknown tool" in rpc(tools, {"tool": "nope"})["error"]
@@ -76,8 +81,12 @@ def test_instructions_follow_the_context() -> None:
     ctx = UserContext.from_api(
         "u",
         {
-            "preferences": {"language_learning": "french", "native_language": "german", "learning_pace": "slow",
-                            "focus_areas": ["pronunciation"]},
+            "preferences": {
+                "language_learning": "french",
+                "native_language": "german",
+                "learning_pace": "slow",
+                "focus_areas": ["pronunciation"],
+            },
             "progress": {"total_sessions": 0},
         },
     )
@@ -89,8 +98,14 @@ def test_instructions_follow_the_context() -> None:
 
 def _settings(**kw: str) -> TutorSettings:
     return TutorSettings(
-        agent_jwt_token="a.b.c", agent_id="t", api_base_url="http://x", shared_secret="s" * 8,
-        livekit_url="ws://x", livekit_api_key="k", livekit_api_secret="s", **kw,
+        agent_jwt_token="a.b.c",
+        agent_id="t",
+        api_base_url="http://x",
+        shared_secret="s" * 8,
+        livekit_url="ws://x",
+        livekit_api_key="k",
+        livekit_api_secret="s",
+        **kw,
     )
 
 

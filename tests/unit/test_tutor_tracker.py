@@ -127,7 +127,9 @@ def test_vocabulary_milestones_crossed_and_already_unlocked_filtered() -> None:
     ctx = UserContext.from_api("u", API_CONTEXT)  # 45 words, vocabulary_10 already unlocked
     got = compute_achievements(tracker_with(words=6).snapshot(), ctx, TODAY)
     assert "vocabulary_50" in got and "vocabulary_10" not in got
-    assert not any(a.startswith("vocabulary_") for a in compute_achievements(tracker_with(words=4).snapshot(), ctx, TODAY))
+    assert not any(
+        a.startswith("vocabulary_") for a in compute_achievements(tracker_with(words=4).snapshot(), ctx, TODAY)
+    )
 
 
 def test_pronunciation_pro_and_grammar_explorer() -> None:
@@ -165,20 +167,28 @@ def test_session_id_format() -> None:
 
 
 def test_progress_body_shape() -> None:
-    body = progress_body("u1", "sess_1_a", ProgressStatus.IN_PROGRESS, tracker_with(words=2, scores=(84, 87)).snapshot())
+    body = progress_body(
+        "u1", "sess_1_a", ProgressStatus.IN_PROGRESS, tracker_with(words=2, scores=(84, 87)).snapshot()
+    )
     assert body == {
         "userId": "u1",
         "sessionId": "sess_1_a",
         "data": {
             "status": "in_progress",
-            "progress": {"words_learned": 2, "phrases_practiced": 0, "grammar_points": [], "pronunciation_score": 86},
+            "progress": {
+                "words_learned": 2,
+                "phrases_practiced": 0,
+                "grammar_points": [],
+                "pronunciation_score": 86,
+            },
         },
     }
     validate_progress_body(body)
-    assert "pronunciation_score" not in progress_body("u", "s", ProgressStatus.COMPLETED, tracker_with().snapshot())[
-        "data"
-    ]["progress"]
-    with pytest.raises(ValueError, match="data.status"):
+    assert (
+        "pronunciation_score"
+        not in progress_body("u", "s", ProgressStatus.COMPLETED, tracker_with().snapshot())["data"]["progress"]
+    )
+    with pytest.raises(ValueError, match=r"data\.status"):
         validate_progress_body({**body, "data": {"status": "done", "progress": {}}})
 
 
@@ -186,12 +196,24 @@ def test_session_record_shape_and_validation() -> None:
     t = tracker_with(words=1, scores=(90,), grammar=1)
     t.record_topic("greetings")
     record = session_record(
-        user_id="u1", session_id="sess_1_a", seconds=61, snapshot=t.snapshot(),
-        context=UserContext.from_api("u1", API_CONTEXT), today=TODAY,
+        user_id="u1",
+        session_id="sess_1_a",
+        seconds=61,
+        snapshot=t.snapshot(),
+        context=UserContext.from_api("u1", API_CONTEXT),
+        today=TODAY,
     )
     assert set(record) == {
-        "userId", "sessionId", "duration_minutes", "topics_covered", "new_vocabulary", "grammar_points",
-        "pronunciation_practice_count", "overall_performance", "achievements", "next_session_recommendations",
+        "userId",
+        "sessionId",
+        "duration_minutes",
+        "topics_covered",
+        "new_vocabulary",
+        "grammar_points",
+        "pronunciation_practice_count",
+        "overall_performance",
+        "achievements",
+        "next_session_recommendations",
     }
     assert record["duration_minutes"] == 2 and record["topics_covered"] == ["greetings"]
     assert record["new_vocabulary"] == [{"word": "palabra0", "translation": "word0", "language": "es"}]

@@ -63,8 +63,14 @@ class FakeRequest:
 
 def _settings() -> TutorSettings:
     return TutorSettings(
-        agent_jwt_token="a.b.c", agent_id="tutor-1", api_base_url="http://x", shared_secret="secret-1",
-        livekit_url="ws://x", livekit_api_key="k", livekit_api_secret="s", tier="specialized-tutor",
+        agent_jwt_token="a.b.c",
+        agent_id="tutor-1",
+        api_base_url="http://x",
+        shared_secret="secret-1",
+        livekit_url="ws://x",
+        livekit_api_key="k",
+        livekit_api_secret="s",
+        tier="specialized-tutor",
     )
 
 
@@ -113,8 +119,13 @@ def test_job_process_metrics_are_merged_and_compacted(tmp_path: Path) -> None:
     zeros = CollectorRegistry()
     JobMetrics(zeros)
     store = MultiprocStore.prepare(str(tmp_path / "prom"), JOB_METRIC_NAMES, zeros=zeros)
-    assert _value(generate_latest(exposition_registry(CollectorRegistry(), store)).decode(),
-                  "loqua_tutor_sessions_started_total ") == 0  # before any job: 0, not absent
+    assert (
+        _value(
+            generate_latest(exposition_registry(CollectorRegistry(), store)).decode(),
+            "loqua_tutor_sessions_started_total ",
+        )
+        == 0
+    )  # before any job: 0, not absent
     try:
         main = CollectorRegistry()
         WorkerMetrics(main).jobs_rejected.labels("capacity").inc()
@@ -141,8 +152,13 @@ def test_job_process_metrics_are_merged_and_compacted(tmp_path: Path) -> None:
         assert store.compact() == 2  # both processes have exited
         after = scrape()
         assert _value(after, "loqua_tutor_sessions_started_total ") == 2  # nothing lost or doubled
-        assert _value(after, 'loqua_tutor_api_request_duration_seconds_bucket{endpoint="/api/v1/agent/progress",'
-                             'le="0.25"') == 2
+        assert (
+            _value(
+                after,
+                'loqua_tutor_api_request_duration_seconds_bucket{endpoint="/api/v1/agent/progress",le="0.25"',
+            )
+            == 2
+        )
         assert _value(after, "loqua_tutor_active_sessions ") == 0  # gauges of dead processes are gone
         assert len(list((tmp_path / "prom").glob("*.db"))) < files_before
         _run_job_process(tmp_path / "prom", "m.sessions_started.inc()\n")

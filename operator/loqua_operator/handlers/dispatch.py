@@ -11,11 +11,11 @@ import kopf
 from loqua_operator import decisions
 from loqua_operator.context import OperatorContext
 from loqua_operator.dispatcher import Outcome
+from loqua_operator.handlers import registry
 from loqua_operator.kube import GROUP, PLURAL, VERSION
 from loqua_operator.model import DispatchSpec, ObjectRef
 
 log = logging.getLogger("loqua_operator.handlers")
-registry = kopf.OperatorRegistry()
 FINALIZER = "agents.loqua.app/dispatch-cleanup"
 
 
@@ -23,9 +23,7 @@ def _spec(body: kopf.Body, ctx: OperatorContext) -> DispatchSpec:
     spec = dict(body.get("spec") or {})
     if not spec.get("room") or not spec.get("agentName"):
         # The CRD schema refuses these; only a CRD installed without its schema gets here.
-        raise kopf.PermanentError(
-            "spec.room and spec.agentName are required (is the CRD from deploy/crds/ installed?)"
-        )
+        raise kopf.PermanentError("spec.room and spec.agentName are required (is the CRD from deploy/crds/ installed?)")
     return DispatchSpec.from_body(spec, ctx.settings.agent_ttl_seconds)
 
 

@@ -45,4 +45,6 @@ class Learner:
     def agents_in_room(self) -> list[rtc.RemoteParticipant]:
         if self.room is None:
             return []
-        return [p for p in self.room.remote_participants.values() if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT]
+        return [
+            p for p in self.room.remote_participants.values() if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        ]

@@ -134,9 +134,7 @@ def release_namespace(
 
 @pytest.fixture
 async def lk(stack_env: dict[str, str]) -> AsyncIterator[api.LiveKitAPI]:
-    client = api.LiveKitAPI(
-        stack_env["LIVEKIT_URL"], stack_env["LIVEKIT_API_KEY"], stack_env["LIVEKIT_API_SECRET"]
-    )
+    client = api.LiveKitAPI(stack_env["LIVEKIT_URL"], stack_env["LIVEKIT_API_KEY"], stack_env["LIVEKIT_API_SECRET"])
     yield client
     await client.aclose()
 

@@ -58,9 +58,7 @@ async def test_create_makes_one_dispatch_and_status(custom, core, namespace, lk)
     obj = wait_phase(custom, namespace, "a", "Dispatched")
     status = obj["status"]
     found = await live_dispatches(lk, room)
-    assert (
-        len(found) == 1 and found[0].agent_name == "tutor" and found[0].metadata == '{"lesson":"greetings"}'
-    )
+    assert len(found) == 1 and found[0].agent_name == "tutor" and found[0].metadata == '{"lesson":"greetings"}'
     assert status["dispatchId"] == found[0].id and status["reused"] is False
     assert status["observedGeneration"] == obj["metadata"]["generation"]
     conds = {c["type"]: c for c in status["conditions"]}
@@ -69,9 +67,7 @@ async def test_create_makes_one_dispatch_and_status(custom, core, namespace, lk)
         assert {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"} <= set(c)
     assert "agents.loqua.app/dispatch-cleanup" in obj["metadata"]["finalizers"]
     # The status was written through the status subresource.
-    managers = [
-        m for m in obj["metadata"]["managedFields"] if "f:status" in json.dumps(m.get("fieldsV1", {}))
-    ]
+    managers = [m for m in obj["metadata"]["managedFields"] if "f:status" in json.dumps(m.get("fieldsV1", {}))]
     assert managers and all(m.get("subresource") == "status" for m in managers)
     reasons = wait_for(
         lambda: {e.reason for e in events_for(core, namespace, "a")} & {"DispatchCreated"},
@@ -84,9 +80,7 @@ async def test_create_makes_one_dispatch_and_status(custom, core, namespace, lk)
 async def test_existing_dispatch_is_reused(custom, namespace, lk) -> None:
     room = room_name()
     await lk.room.create_room(api.CreateRoomRequest(name=room))
-    pre = await lk.agent_dispatch.create_dispatch(
-        api.CreateAgentDispatchRequest(agent_name="tutor", room=room)
-    )
+    pre = await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="tutor", room=room))
     create(custom, namespace, "a", room)
     obj = wait_phase(custom, namespace, "a", "Dispatched")
     assert obj["status"]["dispatchId"] == pre.id and obj["status"]["reused"] is True
@@ -100,9 +94,7 @@ async def test_duplicates_are_removed_keeping_most_recent(custom, core, namespac
         await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="tutor", room=room))
         for _ in range(3)
     ]
-    other = await lk.agent_dispatch.create_dispatch(
-        api.CreateAgentDispatchRequest(agent_name="grammar", room=room)
-    )
+    other = await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="grammar", room=room))
     newest = max(made, key=lambda d: (d.state.created_at, d.id))
     before = metric(operator, "loqua_operator_duplicate_dispatches_removed_total")
     create(custom, namespace, "a", room)

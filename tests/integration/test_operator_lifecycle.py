@@ -38,15 +38,24 @@ def room_name() -> str:
 
 def create(custom, ns: str, name: str, room: str, **spec: object) -> dict:
     custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ad_manifest(name, room, **spec))
-    return wait_for(lambda: (get_ad(custom, ns, name) or {}).get("status", {}).get("dispatchId") and
-                    get_ad(custom, ns, name), f"{ns}/{name} bound", 30)
+    return wait_for(
+        lambda: (get_ad(custom, ns, name) or {}).get("status", {}).get("dispatchId") and get_ad(custom, ns, name),
+        f"{ns}/{name} bound",
+        30,
+    )
 
 
 async def test_expiry_without_learners(custom, core, namespace, lk, operator) -> None:
     room = room_name()
     obj = create(custom, namespace, "a", room, ttlSeconds=4)
-    status = wait_for(lambda: (get_ad(custom, namespace, "a") or {}).get("status", {}).get("expiresAt")
-                      and get_ad(custom, namespace, "a")["status"], "expiresAt set", 15)
+    status = wait_for(
+        lambda: (
+            (get_ad(custom, namespace, "a") or {}).get("status", {}).get("expiresAt")
+            and get_ad(custom, namespace, "a")["status"]
+        ),
+        "expiresAt set",
+        15,
+    )
     assert status["phase"] == "Dispatched" and status["participants"] == 0  # never saw a learner
     assert status["idleSince"] == obj["metadata"]["creationTimestamp"]
     before = metric(operator, "loqua_operator_expired_total")
@@ -119,12 +128,15 @@ async def test_orphans_of_managed_names_are_removed_others_kept(lk) -> None:
     managed_room, other_room = room_name(), room_name()
     for r in (managed_room, other_room):
         await lk.room.create_room(api.CreateRoomRequest(name=r, empty_timeout=600))
-    orphan = await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="tutor",
-                                                                                    room=managed_room))
-    stranger = await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="somebody-else",
-                                                                                      room=other_room))
-    keep_too = await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="somebody-else",
-                                                                                      room=managed_room))
+    orphan = await lk.agent_dispatch.create_dispatch(
+        api.CreateAgentDispatchRequest(agent_name="tutor", room=managed_room)
+    )
+    stranger = await lk.agent_dispatch.create_dispatch(
+        api.CreateAgentDispatchRequest(agent_name="somebody-else", room=other_room)
+    )
+    keep_too = await lk.agent_dispatch.create_dispatch(
+        api.CreateAgentDispatchRequest(agent_name="somebody-else", room=managed_room)
+    )
     # orphan grace 3 s + one re-check period + a sweep
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and await live_dispatches(lk, managed_room, "tutor"):
@@ -139,12 +151,14 @@ def test_forged_webhook_is_refused(stack_env, operator) -> None:
     before = metric(operator, 'loqua_operator_webhook_events_total{event="unknown",verdict="rejected"}')
     forged_token = (
         api.AccessToken(stack_env["LIVEKIT_API_KEY"], "not-the-secret-at-all-but-long-enough")
-        .with_sha256("AAAA").to_jwt()
+        .with_sha256("AAAA")
+        .to_jwt()
     )
     body = b'{"event":"participant_joined","room":{"name":"x"}}'
     for auth in ("", "Bearer nonsense", forged_token):
-        req = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Authorization": auth, "Content-Type": "application/webhook+json"})
+        req = urllib.request.Request(
+            url, data=body, method="POST", headers={"Authorization": auth, "Content-Type": "application/webhook+json"}
+        )
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req, timeout=5)
         assert err.value.code == 401
@@ -159,7 +173,13 @@ async def test_real_webhooks_are_accepted(stack_env, custom, namespace, operator
     learner = await Learner(stack_env, room).join()
     try:
         wait_phase(custom, namespace, "a", "Active", timeout=15)
-        wait_for(lambda: metric(operator, 'loqua_operator_webhook_events_total{event="participant_joined",'
-                                          'verdict="accepted"}') > before, "participant_joined webhook", 10)
+        wait_for(
+            lambda: (
+                metric(operator, 'loqua_operator_webhook_events_total{event="participant_joined",verdict="accepted"}')
+                > before
+            ),
+            "participant_joined webhook",
+            10,
+        )
     finally:
         await learner.leave()

@@ -49,9 +49,7 @@ def phases(custom: kubernetes.client.CustomObjectsApi, ns: str) -> collections.C
 
 def is_leader(proc: ServiceProcess) -> bool:
     text = urllib.request.urlopen(proc.metrics_url, timeout=5).read().decode()  # type: ignore[attr-defined]
-    return any(
-        line.startswith("loqua_operator_leader ") and line.endswith(" 1.0") for line in text.splitlines()
-    )
+    return any(line.startswith("loqua_operator_leader ") and line.endswith(" 1.0") for line in text.splitlines())
 
 
 async def assert_one_dispatch_per_room(lk, custom, ns: str, rooms: dict[str, list[str]]) -> None:
@@ -70,9 +68,7 @@ async def test_livekit_outage_fails_then_recovers(stack_env, stack: Stack, custo
         failed = wait_phase(custom, namespace, "a", "Failed", timeout=40)
         ready = next(c for c in failed["status"]["conditions"] if c["type"] == "Ready")
         assert ready["status"] == "False" and "unavailable" in ready["message"]
-        assert (
-            "CreateRoom" in failed["status"]["lastError"] or "ListDispatch" in failed["status"]["lastError"]
-        )
+        assert "CreateRoom" in failed["status"]["lastError"] or "ListDispatch" in failed["status"]["lastError"]
     finally:
         stack.start_part("livekit")
     obj = wait_phase(custom, namespace, "a", "Dispatched", timeout=90)
@@ -81,9 +77,7 @@ async def test_livekit_outage_fails_then_recovers(stack_env, stack: Stack, custo
     assert ready["status"] == "True" and obj["status"].get("lastError") is None
 
 
-async def test_deletion_waits_for_livekit_and_completes(
-    stack_env, stack: Stack, custom, namespace, lk
-) -> None:
+async def test_deletion_waits_for_livekit_and_completes(stack_env, stack: Stack, custom, namespace, lk) -> None:
     room = f"room-{uuid.uuid4().hex[:10]}"
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, ad_manifest("a", room))
     wait_phase(custom, namespace, "a", "Dispatched")
@@ -109,7 +103,9 @@ async def test_sigkill_mid_burst_converges(stack_env, custom, core, logs_dir, lk
             room = f"burst-{ns}-{i % 35}"  # 15 rooms are shared by two objects
             name = f"ad-{i}"
             rooms[room].append(name)
-            custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ad_manifest(name, room, agent=SOLO_AGENT))
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, ns, PLURAL, ad_manifest(name, room, agent=SOLO_AGENT)
+            )
         wait_for(lambda: phases(custom, ns)["Dispatched"] >= 10, "some objects dispatched", 60, interval=0.05)
         op.kill()
         done_at_kill = phases(custom, ns)["Dispatched"]
@@ -141,13 +137,17 @@ async def test_two_replicas_never_duplicate(stack_env, custom, core, logs_dir, l
         for i in range(20):
             room = f"ha-{ns}-{i % 10}"
             rooms[room].append(f"ad-{i}")
-            custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ad_manifest(f"ad-{i}", room, agent=SOLO_AGENT))
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, ns, PLURAL, ad_manifest(f"ad-{i}", room, agent=SOLO_AGENT)
+            )
         wait_for(lambda: phases(custom, ns)["Dispatched"] == 20, "20 Dispatched", 60)
         await assert_one_dispatch_per_room(lk, custom, ns, rooms)
         # Fail over: the standby takes the Lease once it expires and serves new objects.
         leader.kill()
         wait_for(lambda: is_leader(standby), "standby takes over", 60)
-        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ad_manifest("after", f"ha-{ns}-0", agent=SOLO_AGENT))
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, ad_manifest("after", f"ha-{ns}-0", agent=SOLO_AGENT)
+        )
         rooms[f"ha-{ns}-0"].append("after")
         wait_phase(custom, ns, "after", "Dispatched", timeout=60)
         await assert_one_dispatch_per_room(lk, custom, ns, rooms)

@@ -247,19 +247,13 @@ def test_error_codes(
         400,
         "MISSING_AGENT_ID",
     )
-    assert_error(
-        api.post(tok, json={"room_name": "r", "agent_id": agent_id}, headers=agent), 400, "MISSING_USER_ID"
-    )
-    assert_error(
-        api.post(tok, json={**token_body, "user_id": "no-such-user-x"}, headers=agent), 404, "USER_NOT_FOUND"
-    )
+    assert_error(api.post(tok, json={"room_name": "r", "agent_id": agent_id}, headers=agent), 400, "MISSING_USER_ID")
+    assert_error(api.post(tok, json={**token_body, "user_id": "no-such-user-x"}, headers=agent), 404, "USER_NOT_FOUND")
 
     # user endpoints
     health = "/api/v1/agent/health"
     assert_error(api.post(health, json={"userId": user_id}, headers=agent), 401, "WRONG_TOKEN_ROLE")
-    assert_error(
-        api.post(health, json={"userId": user_id}, headers={"X-Agent-ID": agent_id}), 401, "MISSING_TOKEN"
-    )
+    assert_error(api.post(health, json={"userId": user_id}, headers={"X-Agent-ID": agent_id}), 401, "MISSING_TOKEN")
     assert_error(
         api.post(health, json={"userId": user_id}, headers={"Authorization": h["Authorization"]}),
         400,
@@ -282,9 +276,7 @@ def test_error_codes(
     assert_error(api.post("/api/v1/agent/progress", json=bad_score, headers=h), 400, "INVALID_FIELD")
     bad_perf = {"userId": user_id, "duration_minutes": 5, "overall_performance": "great"}
     assert_error(api.post("/api/v1/agent/sessions", json=bad_perf, headers=h), 400, "INVALID_FIELD")
-    assert_error(
-        api.post("/api/v1/agent/sessions", json={"userId": user_id}, headers=h), 400, "MISSING_FIELD"
-    )
+    assert_error(api.post("/api/v1/agent/sessions", json={"userId": user_id}, headers=h), 400, "MISSING_FIELD")
 
     # admin
     assert_error(api.get("/admin/faults"), 401, "MISSING_TOKEN")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from typing import Any
 
 from loqua_operator import lifecycle
@@ -48,7 +49,11 @@ class TestLearners:
     def test_last_learner_leaving_starts_the_clock_once(self) -> None:
         active = obj({"phase": "Active", "lastActivityTime": iso(at(10))}, ttl=60)
         d = run(active, room(0), 20)
-        assert d.status["phase"] == "Idle" and d.status["idleSince"] == iso(at(20)) and d.status["expiresAt"] == iso(at(80))
+        assert (
+            d.status["phase"] == "Idle"
+            and d.status["idleSince"] == iso(at(20))
+            and d.status["expiresAt"] == iso(at(80))
+        )
         idle = obj({"phase": "Idle", "lastActivityTime": iso(at(10)), "idleSince": iso(at(20))}, ttl=60)
         d = run(idle, room(0), 50)
         assert "idleSince" not in d.status  # set once, not moved
@@ -68,7 +73,7 @@ class TestLearners:
     def test_room_reopened_by_a_learner_gets_a_fresh_dispatch(self) -> None:
         d = run(obj({"phase": "Idle", "idleSince": iso(T0)}), room(1, sid="RM_2"), 30)
         assert d.rebind and not d.redispatch
-        assert ("Normal", "RoomReopened") == d.events[0][:2]
+        assert d.events[0][:2] == ("Normal", "RoomReopened")
 
     def test_unchanged_state_writes_nothing_but_activity(self) -> None:
         st = {"phase": "Active", "participants": 1, "agentPresent": True}
@@ -98,9 +103,9 @@ class TestPresence:
             status = {k: v for k, v in {**status, **d.status}.items() if v is not None}
             if d.redispatch:
                 times.append(second)
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert len(times) == 6  # the cap
-        assert all(later >= earlier for earlier, later in zip(gaps, gaps[1:], strict=False))  # backoff grows
+        assert all(later >= earlier for earlier, later in itertools.pairwise(gaps))  # backoff grows
         assert gaps[0] >= GRACE
 
     def test_agent_joining_clears_absence(self) -> None:

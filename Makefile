@@ -66,3 +66,6 @@ format: venv
 clean:
 	-@test -x $(BIN)/loqua-dev && $(BIN)/loqua-dev down
 	rm -rf .devstack .pytest_cache .ruff_cache
+
+bench: venv binaries
+	@$(BIN)/python -m loqua_devstack.bench --out bench-results.md

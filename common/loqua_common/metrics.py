@@ -85,7 +85,9 @@ def _probe(health: HealthCheck | None) -> tuple[bool, str]:
     return bool(result), "ok" if result else "unhealthy"
 
 
-def _handler_class(registry: Collector, health: HealthCheck | None) -> type[BaseHTTPRequestHandler]:
+def _handler_class(
+    registry: Collector, health: HealthCheck | None, ready: HealthCheck | None
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "loqua"
         sys_version = ""
@@ -102,7 +104,7 @@ def _handler_class(registry: Collector, health: HealthCheck | None) -> type[Base
                     return
                 self._send(HTTPStatus.OK, body, content_type)
             elif path in ("/healthz", "/readyz"):
-                ok, reason = _probe(health)
+                ok, reason = _probe(ready if path == "/readyz" and ready is not None else health)
                 self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, reason + "\n")
             else:
                 self._send(HTTPStatus.NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n")
@@ -130,13 +132,16 @@ def serve_http(
     host: str = "0.0.0.0",
     registry: Collector = prometheus_client.REGISTRY,
     health: HealthCheck | None = None,
+    ready: HealthCheck | None = None,
 ) -> ServerHandle:
     """Serve ``GET /metrics`` (Prometheus text), ``/healthz`` and ``/readyz`` in a daemon thread.
 
-    Both probes answer 200 with the reason from ``health`` (default "ok"), or 503 when it reports
-    unhealthy or raises. ``port=0`` picks a free port; read it from the returned handle.
+    ``/healthz`` (liveness) answers 200 with the reason from ``health`` (default "ok"), or 503 when it
+    reports unhealthy or raises; ``/readyz`` does the same with ``ready`` (default: ``health``), so a
+    process can be alive but not ready, like a standby replica. ``port=0`` picks a free port; read it
+    from the returned handle.
     """
-    server = ThreadingHTTPServer((host, port), _handler_class(registry, health))
+    server = ThreadingHTTPServer((host, port), _handler_class(registry, health, ready))
     server.daemon_threads = True  # a hung scrape must not block interpreter exit
     bound = server.server_address[1]
     # serve_forever checks for shutdown once per poll interval: 0.1 s keeps close() quick (tests,

@@ -167,9 +167,7 @@ def _run(cmd: list[str], cwd: Path, log_file: Path, env: dict[str, str]) -> None
         joined = "\n".join(tail)
         if "proxy.golang.org" in joined or "dial tcp" in joined or "lookup" in joined:
             hint = " The Go module proxy could not be reached (check GOPROXY and the network)."
-        raise BuildError(
-            f"`{' '.join(cmd)}` failed (exit {proc.returncode}).{hint} Full log: {log_file}\n" + joined
-        )
+        raise BuildError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}).{hint} Full log: {log_file}\n" + joined)
 
 
 def _module_gomod(go: str, module: str, version: str, env: dict[str, str]) -> str:

@@ -38,9 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=verb)
         p.add_argument("part", choices=PARTS)
-    api = sub.add_parser(
-        "api", help="run the reference Loqua API alone (see `loqua-dev api --help`)", add_help=False
-    )
+    api = sub.add_parser("api", help="run the reference Loqua API alone (see `loqua-dev api --help`)", add_help=False)
     api.add_argument("api_args", nargs=argparse.REMAINDER)
     return parser
 
@@ -80,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("no .devstack/env yet: run `loqua-dev up`", file=sys.stderr)
                 return 3
             for key, value in stack.env().items():
-                print(
-                    f"{'export ' if args.export else ''}{key}={shlex.quote(value) if args.export else value}"
-                )
+                print(f"{'export ' if args.export else ''}{key}={shlex.quote(value) if args.export else value}")
         elif args.command == "stop":
             stack.stop_part(args.part)
             print(f"{args.part} stopped")

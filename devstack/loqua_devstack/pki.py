@@ -139,7 +139,5 @@ def ensure_pki(directory: Path) -> ControlPlanePki:
     pki.ca_cert.write_bytes(ca_cert.public_bytes(pem))
     pki.serving_cert.write_bytes(serving.public_bytes(pem))
     pki.admin_cert.write_bytes(admin.public_bytes(pem))
-    pki.sa_pub.write_bytes(
-        sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    pki.sa_pub.write_bytes(sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo))
     return pki

@@ -18,9 +18,7 @@ from loqua_devstack import processes
 class ServiceProcess:
     """One child process with a log file and an HTTP health probe."""
 
-    def __init__(
-        self, name: str, cmd: list[str], env: dict[str, str], log_file: Path, health_url: str
-    ) -> None:
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_file: Path, health_url: str) -> None:
         self.name = name
         self.cmd = cmd
         self.env = env

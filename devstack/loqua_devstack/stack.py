@@ -139,9 +139,7 @@ class Stack:
                 "--v=1",
             ],
             {},
-            lambda: processes.http_ok(
-                f"https://127.0.0.1:{p['apiserver']}/readyz", context=self._apiserver_ssl()
-            ),
+            lambda: processes.http_ok(f"https://127.0.0.1:{p['apiserver']}/readyz", context=self._apiserver_ssl()),
         )
         specs["kube-controller-manager"] = (
             [
@@ -285,9 +283,7 @@ class Stack:
     def _write_env(self, state: dict) -> None:
         lines = [f"{k}={v}" for k, v in self.env(state).items()]
         self.env_file.write_text(
-            "# written by `loqua-dev up`; source with: set -a; . .devstack/env; set +a\n"
-            + "\n".join(lines)
-            + "\n"
+            "# written by `loqua-dev up`; source with: set -a; . .devstack/env; set +a\n" + "\n".join(lines) + "\n"
         )
         self.env_file.chmod(0o600)
 

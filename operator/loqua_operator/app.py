@@ -52,11 +52,18 @@ async def run(settings: OperatorSettings, namespaces: list[str]) -> int:
     ready = asyncio.Event()
 
     def health() -> tuple[bool, str]:
+        # Liveness: a standby is healthy; it just does not act.
         if elector is not None and not elector.is_leader:
-            return True, "standby"  # a standby is healthy; it just does not act
+            return True, "standby"
         return (True, "ok") if ready.is_set() else (True, "starting")
 
-    server = serve_http(settings.metrics_port, health=health)
+    def readiness() -> tuple[bool, str]:
+        # Readiness gates the Service (webhooks): only the leader, once kopf runs, takes traffic.
+        if elector is not None and not elector.is_leader:
+            return False, "standby"
+        return (True, "ok") if ready.is_set() else (False, "starting")
+
+    server = serve_http(settings.metrics_port, health=health, ready=readiness)
     log.info(
         "operator %s starting: identity=%s namespaces=%s metrics=:%d livekit=%s",
         __version__,

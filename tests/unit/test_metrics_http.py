@@ -100,3 +100,23 @@ def test_duration_buckets_span_5ms_to_10s() -> None:
     buckets = duration_buckets()
     assert buckets[0] == 0.005 and buckets[-1] == 10.0
     assert list(buckets) == sorted(set(buckets))
+
+
+def test_readiness_can_differ_from_liveness() -> None:
+    """A standby replica: alive (/healthz 200) but not ready (/readyz 503)."""
+    import urllib.error
+    import urllib.request
+
+    from loqua_common.metrics import serve_http
+
+    handle = serve_http(0, host="127.0.0.1", health=lambda: (True, "standby"), ready=lambda: (False, "standby"))
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{handle.port}/healthz", timeout=5) as resp:
+            assert resp.status == 200 and resp.read().decode().strip() == "standby"
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{handle.port}/readyz", timeout=5)
+            raise AssertionError("/readyz answered 200 for a process that is not ready")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503 and exc.read().decode().strip() == "standby"
+    finally:
+        handle.close()

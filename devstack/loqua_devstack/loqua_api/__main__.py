@@ -40,16 +40,12 @@ def _port(value: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="loqua-dev api"
-        if Path(sys.argv[0]).name == "loqua-dev"
-        else "python -m loqua_devstack.loqua_api",
+        prog="loqua-dev api" if Path(sys.argv[0]).name == "loqua-dev" else "python -m loqua_devstack.loqua_api",
         description="Reference Loqua API: the agent endpoints of seed 003 over SQLite, for the local stack.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to bind, only this one (default 127.0.0.1)"
-    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind, only this one (default 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=8088, help="TCP port (default 8088)")
     parser.add_argument("--db", type=Path, required=True, help="SQLite file (created when missing)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))

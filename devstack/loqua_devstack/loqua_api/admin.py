@@ -33,13 +33,9 @@ def _preferences(body: dict[str, Any]) -> dict[str, Any]:
     v.no_unknown_keys(given, DEFAULT_PREFERENCES, where="preferences")
     name = "preferences.{}".format
     chosen: dict[str, Any] = {
-        "language_learning": v.text(
-            given, "language_learning", name=name("language_learning"), required=False
-        ),
+        "language_learning": v.text(given, "language_learning", name=name("language_learning"), required=False),
         "native_language": v.text(given, "native_language", name=name("native_language"), required=False),
-        "learning_pace": v.enum(
-            given, "learning_pace", LEARNING_PACES, name=name("learning_pace"), required=False
-        ),
+        "learning_pace": v.enum(given, "learning_pace", LEARNING_PACES, name=name("learning_pace"), required=False),
         "focus_areas": v.str_list(given, "focus_areas", name=name("focus_areas")),
         "session_length_preference": v.number(
             given,
@@ -101,9 +97,7 @@ async def user_records(request: web.Request) -> web.Response:
         asyncio.to_thread(store.list_sessions, user_id),
         asyncio.to_thread(store.list_audit, user_id),
     )
-    return web.json_response(
-        {"user_id": user_id, "progress_updates": progress, "sessions": sessions, "audit": audit}
-    )
+    return web.json_response({"user_id": user_id, "progress_updates": progress, "sessions": sessions, "audit": audit})
 
 
 @routes.get("/admin/faults")

@@ -30,9 +30,7 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         status = response.status
         return response
     finally:
-        log.info(
-            "%s %s %d %.1fms", request.method, request.path, status, (time.perf_counter() - started) * 1000
-        )
+        log.info("%s %s %d %.1fms", request.method, request.path, status, (time.perf_counter() - started) * 1000)
 
 
 @web.middleware

@@ -36,9 +36,7 @@ def current_streak(days: set[date], today: date) -> int:
     return streak
 
 
-def progress_totals(
-    progress: list[dict[str, Any]], sessions: list[dict[str, Any]], today: date
-) -> dict[str, Any]:
+def progress_totals(progress: list[dict[str, Any]], sessions: list[dict[str, Any]], today: date) -> dict[str, Any]:
     """``progress`` from progress updates and session records (both oldest first)."""
     latest: dict[str, dict[str, Any]] = {}
     for update in progress:

@@ -112,9 +112,7 @@ class Store:
         with self._lock, self._conn:
             self._audit(user_id, agent_id, action, at)
 
-    def add_progress(
-        self, user_id: str, session_id: str, agent_id: str, data: dict[str, Any], at: str
-    ) -> int:
+    def add_progress(self, user_id: str, session_id: str, agent_id: str, data: dict[str, Any], at: str) -> int:
         with self._lock, self._conn:
             cur = self._conn.execute(
                 "INSERT INTO progress_updates (user_id, session_id, agent_id, data, received_at)"
@@ -127,9 +125,7 @@ class Store:
 
     def add_session(self, record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Store a session record once: a repeat of the same session id returns the stored one."""
-        body = {
-            k: v for k, v in record.items() if k not in ("session_id", "user_id", "agent_id", "created_at")
-        }
+        body = {k: v for k, v in record.items() if k not in ("session_id", "user_id", "agent_id", "created_at")}
         with self._lock, self._conn:
             cur = self._conn.execute(
                 "INSERT INTO sessions (session_id, user_id, agent_id, record, created_at)"
@@ -145,13 +141,9 @@ class Store:
             created = cur.rowcount == 1
             if created:
                 at = record["created_at"]
-                self._conn.execute(
-                    "UPDATE users SET updated_at = ? WHERE user_id = ?", (at, record["user_id"])
-                )
+                self._conn.execute("UPDATE users SET updated_at = ? WHERE user_id = ?", (at, record["user_id"]))
                 self._audit(record["user_id"], record["agent_id"], "session", at)
-            row = self._conn.execute(
-                "SELECT * FROM sessions WHERE session_id = ?", (record["session_id"],)
-            ).fetchone()
+            row = self._conn.execute("SELECT * FROM sessions WHERE session_id = ?", (record["session_id"],)).fetchone()
         stored = _session(row)
         if stored["user_id"] != record["user_id"]:
             raise SessionConflictError(record["session_id"])
@@ -169,9 +161,7 @@ class Store:
     def list_sessions(self, user_id: str) -> list[dict[str, Any]]:
         """Session records of a user, oldest first."""
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT * FROM sessions WHERE user_id = ? ORDER BY seq", (user_id,)
-            ).fetchall()
+            rows = self._conn.execute("SELECT * FROM sessions WHERE user_id = ? ORDER BY seq", (user_id,)).fetchall()
         return [_session(r) for r in rows]
 
     def list_audit(self, user_id: str) -> list[dict[str, Any]]:

@@ -14,9 +14,7 @@ from loqua_devstack.loqua_api.timeutil import now_iso
 class ApiError(Exception):
     """Raised by handlers; the error middleware turns it into the JSON error response."""
 
-    def __init__(
-        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code

@@ -89,9 +89,7 @@ def _progress_values(data: dict[str, Any]) -> dict[str, Any]:
     if progress is None:
         return {}
     values: dict[str, Any] = {
-        "words_learned": v.number(
-            progress, "words_learned", name="data.progress.words_learned", integer=True
-        ),
+        "words_learned": v.number(progress, "words_learned", name="data.progress.words_learned", integer=True),
         "phrases_practiced": v.number(
             progress, "phrases_practiced", name="data.progress.phrases_practiced", integer=True
         ),
@@ -135,9 +133,7 @@ def _vocabulary(body: dict[str, Any]) -> list[dict[str, str]]:
     if items is None:
         return []
     if not isinstance(items, list) or len(items) > v.MAX_ITEMS:
-        raise ApiError(
-            400, "INVALID_FIELD", f"new_vocabulary must be a list of at most {v.MAX_ITEMS} objects"
-        )
+        raise ApiError(400, "INVALID_FIELD", f"new_vocabulary must be a list of at most {v.MAX_ITEMS} objects")
     words = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
@@ -146,9 +142,7 @@ def _vocabulary(body: dict[str, Any]) -> list[dict[str, str]]:
         assert word is not None
         entry = {"word": word}
         for key in ("translation", "language"):
-            value = v.text(
-                item, key, name=f"new_vocabulary[{i}].{key}", required=False, max_len=v.MAX_TEXT_LEN
-            )
+            value = v.text(item, key, name=f"new_vocabulary[{i}].{key}", required=False, max_len=v.MAX_TEXT_LEN)
             if value is not None:
                 entry[key] = value
         words.append(entry)

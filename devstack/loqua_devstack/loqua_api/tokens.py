@@ -57,9 +57,7 @@ def verify_token(jwt_secret: str, token: str, role: str) -> dict[str, Any]:
     except jwt.ExpiredSignatureError:
         raise TokenError("TOKEN_EXPIRED", "the bearer token has expired") from None
     except jwt.InvalidTokenError:
-        raise TokenError(
-            "INVALID_TOKEN", "the bearer token is malformed or its signature is invalid"
-        ) from None
+        raise TokenError("INVALID_TOKEN", "the bearer token is malformed or its signature is invalid") from None
     if claims.get("role") != role:
         raise TokenError("WRONG_TOKEN_ROLE", f"this endpoint needs a {role} token")
     if not isinstance(claims.get("sub"), str) or not claims["sub"]:

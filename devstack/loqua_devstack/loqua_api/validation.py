@@ -121,9 +121,7 @@ def str_list(
     return list(value)
 
 
-def obj(
-    body: dict[str, Any], key: str, *, name: str | None = None, required: bool = True
-) -> dict[str, Any] | None:
+def obj(body: dict[str, Any], key: str, *, name: str | None = None, required: bool = True) -> dict[str, Any] | None:
     name = name or key
     value = _get(body, key)
     if value is _MISSING:

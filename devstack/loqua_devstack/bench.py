@@ -1,0 +1,353 @@
+"""`make bench`: figures against baselines measured in the same run, printed as one markdown table.
+
+Each figure pairs what the product does with the naive or raw alternative on the same local stack,
+so machine noise affects both sides alike; the ratio is what to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import kubernetes
+from livekit import api
+
+from loqua_devstack.learner import Learner
+from loqua_devstack.services import ServiceProcess, operator_process, wait_for
+from loqua_devstack.stack import Stack, devstack_dir
+
+GROUP, VERSION, PLURAL = "agents.loqua.app", "v1alpha1", "agentdispatches"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Row:
+    figure: str
+    ours: str
+    baseline: str
+    ratio: str
+    note: str = ""
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def say(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, env: dict[str, str], quick: bool) -> None:
+        self.env = env
+        self.quick = quick
+        self.kube = kubernetes.config.new_client_from_config(config_file=env["KUBECONFIG"])
+        self.custom = kubernetes.client.CustomObjectsApi(self.kube)
+        self.core = kubernetes.client.CoreV1Api(self.kube)
+        self.logs = Path(env["DEVSTACK_DIR"]) / "logs" / "bench"
+        self.rows: list[Row] = []
+        self.kubectl_env = {"KUBECONFIG": env["KUBECONFIG"], "PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+    def lk(self) -> api.LiveKitAPI:
+        return api.LiveKitAPI(self.env["LIVEKIT_URL"], self.env["LIVEKIT_API_KEY"], self.env["LIVEKIT_API_SECRET"])
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def namespace(self) -> str:
+        name = f"bench-{uuid.uuid4().hex[:6]}"
+        self.core.create_namespace({"metadata": {"name": name}})
+        return name
+
+    def cleanup(self, ns: str) -> None:
+        self.custom.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)
+        wait_for(
+            lambda: not self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"],
+            f"objects in {ns} released",
+            600,
+            interval=1,
+        )
+        self.core.delete_namespace(ns)
+
+    def operator(self, ns: str, tag: str, **env: str) -> ServiceProcess:
+        proc = operator_process(
+            self.env,
+            self.logs / f"operator-{tag}.log",
+            namespaces=[ns],
+            extra_env={"LEASE_NAME": f"bench-{tag}", "LEASE_NAMESPACE": ns, "LOG_LEVEL": "WARNING", **env},
+        ).start()
+        proc.wait_healthy(timeout=60, body="ok")
+        return proc
+
+    def create(self, ns: str, name: str, room: str, agent: str = "bench-tutor", **spec: object) -> None:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "AgentDispatch",
+            "metadata": {"name": name},
+            "spec": {"room": room, "agentName": agent, **spec},
+        }
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+
+    def status(self, ns: str, name: str) -> dict:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name).get("status") or {}
+
+    def phases(self, ns: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for item in self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]:
+            phase = (item.get("status") or {}).get("phase", "none")
+            out[phase] = out.get(phase, 0) + 1
+        return out
+
+    def metric(self, proc: ServiceProcess, name: str) -> float:
+        import urllib.request
+
+        text = urllib.request.urlopen(proc.metrics_url, timeout=5).read().decode()  # type: ignore[attr-defined]
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return float("nan")
+
+    # ---- figures ---------------------------------------------------------------------------------
+    async def raw_create_dispatch(self, n: int) -> list[float]:
+        lk = self.lk()
+        times = []
+        try:
+            for i in range(n):
+                room = f"bench-raw-{uuid.uuid4().hex[:8]}-{i}"
+                await lk.room.create_room(api.CreateRoomRequest(name=room))
+                t0 = time.perf_counter()
+                await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="raw", room=room))
+                times.append(time.perf_counter() - t0)
+                await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+        finally:
+            await lk.aclose()
+        return times
+
+    def apply_to_dispatched(self, ns: str, n: int) -> list[float]:
+        times = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            self.create(ns, f"lat-{i}", f"bench-lat-{ns}-{i}")
+            wait_for(lambda i=i: self.status(ns, f"lat-{i}").get("dispatchId"), "Dispatched", 60, interval=0.005)
+            times.append(time.perf_counter() - t0)
+        return times
+
+    async def latency_figure(self) -> None:
+        n = 50 if self.quick else 200
+        say(f"apply -> Dispatched latency ({n} objects) against raw CreateDispatch ({n} calls)")
+        raw = await self.raw_create_dispatch(n)
+        ns = self.namespace()
+        op = self.operator(ns, "latency", WEBHOOK_PORT="0")
+        try:
+            ours = self.apply_to_dispatched(ns, n)
+        finally:
+            self.cleanup(ns)
+            op.stop()
+        for label, q in (("median", 0.5), ("p99", 0.99)):
+            o, r = pct(ours, q) * 1000, pct(raw, q) * 1000
+            self.rows.append(
+                Row(
+                    f"apply → Dispatched, {label} of {n}",
+                    f"{o:.0f} ms",
+                    f"{r:.1f} ms raw CreateDispatch",
+                    f"{o / r:.1f}x",
+                    "ours = API write + watch + CreateRoom/ListDispatch/CreateDispatch + status",
+                )
+            )
+
+    async def storm_figure(self) -> None:
+        storms = 50
+        say(f"refresh storm of {storms}: naive dispatch-per-request against our re-applies")
+        lk = self.lk()
+        naive_room = f"bench-naive-{uuid.uuid4().hex[:8]}"
+        try:
+            await lk.room.create_room(api.CreateRoomRequest(name=naive_room))
+            for _ in range(storms):
+                await lk.agent_dispatch.create_dispatch(
+                    api.CreateAgentDispatchRequest(agent_name="naive", room=naive_room)
+                )
+            naive = len([d for d in await lk.agent_dispatch.list_dispatch(naive_room) if d.agent_name])
+            await lk.room.delete_room(api.DeleteRoomRequest(room=naive_room))
+        finally:
+            await lk.aclose()
+        ns = self.namespace()
+        op = self.operator(ns, "storm", WEBHOOK_PORT="0")
+        room = f"bench-storm-{uuid.uuid4().hex[:8]}"
+        try:
+            body = {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "AgentDispatch",
+                "metadata": {"name": "storm"},
+                "spec": {"room": room, "agentName": "bench-tutor"},
+            }
+            manifest = json.dumps(body)
+            for _ in range(storms):  # what a page refresh does in a web backend that uses kubectl apply
+                subprocess.run(
+                    ["kubectl", "apply", "-n", ns, "-f", "-"],
+                    input=manifest,
+                    text=True,
+                    check=True,
+                    capture_output=True,
+                    env=self.kubectl_env,
+                )
+            wait_for(lambda: self.status(ns, "storm").get("dispatchId"), "storm Dispatched", 60)
+            lk = self.lk()
+            try:
+                ours = len([d for d in await lk.agent_dispatch.list_dispatch(room) if d.agent_name])
+            finally:
+                await lk.aclose()
+        finally:
+            self.cleanup(ns)
+            op.stop()
+        self.rows.append(
+            Row(
+                f"agents per room after a refresh storm of {storms}",
+                str(ours),
+                f"{naive} naive",
+                f"{ours / naive:.2f}x",
+                "one dispatch = one agent job",
+            )
+        )
+
+    async def join_latency(self, ns: str, tag: str, samples: int) -> list[float]:
+        times = []
+        for i in range(samples):
+            room = f"bench-join-{tag}-{uuid.uuid4().hex[:6]}"
+            self.create(ns, f"join-{i}", room, ttlSeconds=600)
+            wait_for(lambda i=i: self.status(ns, f"join-{i}").get("dispatchId"), "bound", 60)
+            learner = Learner(self.env, room)
+            t0 = time.perf_counter()
+            await learner.join()
+            await asyncio.to_thread(
+                wait_for, lambda i=i: self.status(ns, f"join-{i}").get("phase") == "Active", "Active", 120, 0.02
+            )
+            times.append(time.perf_counter() - t0)
+            await learner.leave()
+        return times
+
+    async def webhook_figure(self) -> None:
+        samples = 5 if self.quick else 10
+        interval_ms = 10000
+        say(f"learner join -> status Active: webhooks against the sweep alone (CLEANUP_INTERVAL_MS={interval_ms})")
+        ns = self.namespace()
+        op = self.operator(ns, "webhook", CLEANUP_INTERVAL_MS=str(interval_ms))
+        try:
+            hooked = await self.join_latency(ns, "hook", samples)
+        finally:
+            self.cleanup(ns)
+            op.stop()
+        ns = self.namespace()
+        op = self.operator(ns, "sweep", CLEANUP_INTERVAL_MS=str(interval_ms), WEBHOOK_ENABLED="false", WEBHOOK_PORT="0")
+        try:
+            swept = await self.join_latency(ns, "sweep", samples)
+        finally:
+            self.cleanup(ns)
+            op.stop()
+        h, s = statistics.median(hooked), statistics.median(swept)
+        self.rows.append(
+            Row(
+                f"learner join → status Active, median of {samples}",
+                f"{h * 1000:.0f} ms webhook",
+                f"{s * 1000:.0f} ms sweep only",
+                f"{h / s:.3f}x",
+                f"sweep every {interval_ms / 1000:.0f} s; join time of the rtc client included",
+            )
+        )
+
+    def calls_per_sweep(self) -> None:
+        sizes = [10, 100] if self.quick else [10, 100, 1000]
+        say(f"LiveKit calls per sweep and burst time at {sizes} objects")
+        ns = self.namespace()
+        op = self.operator(ns, "sweep-calls", CLEANUP_INTERVAL_MS="5000", WEBHOOK_PORT="0")
+        try:
+            made = 0
+            for size in sizes:
+                t0 = time.perf_counter()
+                for i in range(made, size):
+                    self.create(ns, f"obj-{i}", f"bench-calls-{ns}-{i}")
+                burst_size, made = size - made, size
+                wait_for(
+                    lambda size=size: self.phases(ns).get("Dispatched", 0) >= size,
+                    f"{size} Dispatched",
+                    900,
+                    interval=0.5,
+                )
+                burst = time.perf_counter() - t0
+                time.sleep(11)  # two full sweeps after every object is bound
+                calls = self.metric(op, "loqua_operator_sweep_livekit_calls")
+                self.rows.append(
+                    Row(
+                        f"LiveKit calls per sweep, {size} objects",
+                        f"{calls:.0f}",
+                        f"{size} (one call per object)",
+                        f"{calls / size:.3f}x",
+                        f"a burst of {burst_size} new objects reached Dispatched in {burst:.1f} s",
+                    )
+                )
+        finally:
+            self.cleanup(ns)
+            op.stop()
+
+
+def table(rows: list[Row]) -> str:
+    out = ["| figure | ours | baseline (same run) | ratio | note |", "| --- | ---: | ---: | ---: | --- |"]
+    out += [f"| {r.figure} | {r.ours} | {r.baseline} | {r.ratio} | {r.note} |" for r in rows]
+    return "\n".join(out)
+
+
+async def main_async(quick: bool, only: list[str]) -> str:
+    warnings.filterwarnings("ignore", message="The HMAC key is")
+    stack = Stack(devstack_dir())
+    started = not stack.is_up()
+    env = stack.up()
+    subprocess.run(
+        ["kubectl", "apply", "-f", str(ROOT / "deploy" / "crds")],
+        check=True,
+        capture_output=True,
+        env={"KUBECONFIG": env["KUBECONFIG"], "PATH": "/usr/local/bin:/usr/bin:/bin"},
+    )
+    bench = Bench(env, quick)
+    try:
+        figures = {
+            "latency": bench.latency_figure,
+            "storm": bench.storm_figure,
+            "webhook": bench.webhook_figure,
+        }
+        for name, fn in figures.items():
+            if not only or name in only:
+                await fn()
+        if not only or "sweep" in only:
+            await asyncio.to_thread(bench.calls_per_sweep)
+    finally:
+        if started:
+            stack.down()
+    return table(bench.rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="loqua-bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer samples (for a smoke run)")
+    parser.add_argument("--only", action="append", default=[], help="latency, storm, webhook, sweep")
+    parser.add_argument("--out", default="bench-results.md", help="also write the table here")
+    args = parser.parse_args(argv)
+    t0 = time.monotonic()
+    result = asyncio.run(main_async(args.quick, args.only))
+    header = (
+        f"Benchmarks (`make bench`), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{time.monotonic() - t0:.0f} s\n\n"
+    )
+    Path(args.out).write_text(header + result + "\n")
+    print(header + result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,10 +24,10 @@ from livekit import rtc
 from livekit.agents import AutoSubscribe, JobContext
 
 from loqua_common.logging import set_context
+from loqua_common.tokenkey import derive_key
 from loqua_tutor.api_client import LoquaApiClient, shared_ssl_context
 from loqua_tutor.breaker import CircuitBreaker
 from loqua_tutor.cache import TTLCache
-from loqua_tutor.crypto import derive_key
 from loqua_tutor.metrics import JobMetrics, job_metrics
 from loqua_tutor.session import Learner, TutorSession
 from loqua_tutor.settings import TutorSettings

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from loqua_tutor.crypto import parse_pad_byte
+from loqua_common.tokenkey import parse_pad_byte
 
 
 class Tier(enum.StrEnum):

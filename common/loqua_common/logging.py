@@ -119,9 +119,7 @@ def redact(text: str) -> str:
 
 # Never mutated in place: bind/set build a new dict, so tasks that copied the context are unaffected.
 _EMPTY: Mapping[str, object] = MappingProxyType({})
-_context: contextvars.ContextVar[Mapping[str, object]] = contextvars.ContextVar(
-    "loqua_log_context", default=_EMPTY
-)
+_context: contextvars.ContextVar[Mapping[str, object]] = contextvars.ContextVar("loqua_log_context", default=_EMPTY)
 
 
 def _merged(fields: Mapping[str, object]) -> dict[str, object]:

@@ -109,9 +109,7 @@ def _handler_class(
             else:
                 self._send(HTTPStatus.NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n")
 
-        def _send(
-            self, status: HTTPStatus, body: str | bytes, content_type: str = "text/plain; charset=utf-8"
-        ) -> None:
+        def _send(self, status: HTTPStatus, body: str | bytes, content_type: str = "text/plain; charset=utf-8") -> None:
             data = body.encode() if isinstance(body, str) else body
             self.send_response(status)
             self.send_header("Content-Type", content_type)

@@ -131,9 +131,7 @@ def _is_secret(env: str, field_name: str, info: FieldInfo | None) -> bool:
     if any(word in names for word in SECRET_WORDS):
         return True
     annotation = info.annotation if info is not None else None
-    return annotation is not None and any(
-        secret in _leaf_types(annotation) for secret in (SecretStr, SecretBytes)
-    )
+    return annotation is not None and any(secret in _leaf_types(annotation) for secret in (SecretStr, SecretBytes))
 
 
 def _leaf_types(annotation: object) -> set[object]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import time
 import uuid
@@ -20,7 +19,7 @@ from pathlib import Path
 import httpx
 from livekit import api
 
-from loqua_devstack.services import ServiceProcess, operator_process, wait_for
+from loqua_devstack.services import ServiceProcess, kubectl, operator_process, wait_for
 from loqua_devstack.stack import Stack, devstack_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,20 +53,6 @@ class Timeline:
         return "\n".join(out)
 
 
-def kubectl(env: dict[str, str], *args: str, input_: str | None = None) -> str:
-    out = subprocess.run(
-        ["kubectl", *args],
-        input=input_,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"KUBECONFIG": env["KUBECONFIG"], "PATH": "/usr/local/bin:/usr/bin:/bin"},
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
-    return out.stdout.strip()
-
-
 async def livekit_round_trip(env: dict[str, str], room: str) -> str:
     lk = api.LiveKitAPI(env["LIVEKIT_URL"], env["LIVEKIT_API_KEY"], env["LIVEKIT_API_SECRET"])
     try:
@@ -95,7 +80,8 @@ async def dispatches_of(env: dict[str, str], room: str) -> list[api.AgentDispatc
 
 def loqua_health(env: dict[str, str]) -> str:
     # The worker's own decryption: the demo exercises the real token passthrough.
-    from loqua_tutor.crypto import decrypt_user_token, derive_key, parse_pad_byte
+    from loqua_common.tokenkey import derive_key, parse_pad_byte
+    from loqua_tutor.crypto import decrypt_user_token
 
     base = env["LOQUA_API_URL"]
     with httpx.Client(base_url=base, timeout=10) as http:

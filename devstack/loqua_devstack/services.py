@@ -130,6 +130,22 @@ def operator_process(
     return proc
 
 
+def kubectl(env: dict[str, str], *args: str, input_: str | None = None, check: bool = True) -> str:
+    """Run the machine's kubectl against the stack. With ``check``, fail on a non-zero exit and return
+    stdout; without, return stdout and stderr together (to read the API server's refusal)."""
+    out = subprocess.run(
+        ["kubectl", *args],
+        input=input_,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"KUBECONFIG": env["KUBECONFIG"], "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")},
+    )
+    if check and out.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
+    return out.stdout if check else out.stdout + out.stderr
+
+
 def wait_for(check, what: str, timeout: float, interval: float = 0.2):  # type: ignore[no-untyped-def]
     """Poll ``check()`` until it returns something truthy; return it, or fail naming ``what``."""
     deadline = time.monotonic() + timeout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ import kubernetes
 import pytest
 from livekit import api
 
-from loqua_devstack.services import ServiceProcess, operator_process, wait_for
+from loqua_devstack.services import ServiceProcess, kubectl, operator_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "deploy" / "crds"
@@ -21,20 +20,6 @@ SESSION_NS_PATTERN = "lq-*"  # the session operator's namespaces; solo tests use
 # Agent names whose unreferenced dispatches the session operator's sweep removes. Tests with their
 # own operators use other names (solo-tutor) so this sweep never touches their rooms.
 SESSION_MANAGED_NAMES = "tutor,ghost"
-
-
-def kubectl(env: dict[str, str], *args: str, input_: str | None = None, check: bool = True) -> str:
-    out = subprocess.run(
-        ["kubectl", *args],
-        input=input_,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"KUBECONFIG": env["KUBECONFIG"], "PATH": "/usr/local/bin:/usr/bin:/bin"},
-    )
-    if check and out.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
-    return out.stdout + out.stderr if not check else out.stdout
 
 
 @pytest.fixture(scope="session")

@@ -41,14 +41,10 @@ class FakeClock:
         return self.now
 
 
-def make_handler(
-    fmt: str = "text", limiter: LogRateLimiter | None = None
-) -> tuple[LoquaHandler, io.StringIO]:
+def make_handler(fmt: str = "text", limiter: LogRateLimiter | None = None) -> tuple[LoquaHandler, io.StringIO]:
     stream = io.StringIO()
     limiter = limiter or LogRateLimiter(rate=float("inf"))
-    handler = LoquaHandler(
-        component="operator", agent_id="loqua-operator", fmt=fmt, limiter=limiter, stream=stream
-    )
+    handler = LoquaHandler(component="operator", agent_id="loqua-operator", fmt=fmt, limiter=limiter, stream=stream)
     return handler, stream
 
 
@@ -167,9 +163,7 @@ class TestJsonFormat:
         (line,) = lines(stream)
         doc = json.loads(line)
         assert doc["message"] == "failed"
-        assert doc["exception"].startswith("Traceback") and doc["exception"].endswith(
-            "ValueError: bad\nthing"
-        )
+        assert doc["exception"].startswith("Traceback") and doc["exception"].endswith("ValueError: bad\nthing")
 
 
 class TestContext:
@@ -205,9 +199,7 @@ class TestContext:
 
         await asyncio.gather(session("s1", "u1"), session("s2", "u2"))
         got = sorted(line.split("] ", 3)[3] for line in lines(stream))
-        assert got == sorted(["[s1] [u1] child", "[s1] [u1] end", "[s2] [u2] child", "[s2] [u2] end"]), lines(
-            stream
-        )
+        assert got == sorted(["[s1] [u1] child", "[s1] [u1] end", "[s2] [u2] child", "[s2] [u2] end"]), lines(stream)
         assert current_context() == {}
 
     def test_context_filter_carries_ids_on_the_record(self) -> None:
@@ -369,9 +361,7 @@ class TestConfigureLogging:
         logging.getLogger("kopf").propagate = False
         first = configure_logging(component="operator", stream=io.StringIO())
         stream = io.StringIO()
-        second = configure_logging(
-            component="operator", agent_id="op-1", fmt="json", level="debug", stream=stream
-        )
+        second = configure_logging(component="operator", agent_id="op-1", fmt="json", level="debug", stream=stream)
         ours = [h for h in root.handlers if isinstance(h, LoquaHandler)]
         assert ours == [second] and first not in root.handlers and console not in root.handlers
         assert root.level == logging.DEBUG
@@ -400,8 +390,6 @@ class TestConfigureLogging:
             ({"rate_limit": 0}, "LOG_RATE_LIMIT"),
         ],
     )
-    def test_bad_arguments_name_the_setting(
-        self, kwargs: dict[str, object], match: str, restore_root: None
-    ) -> None:
+    def test_bad_arguments_name_the_setting(self, kwargs: dict[str, object], match: str, restore_root: None) -> None:
         with pytest.raises(ValueError, match=match):
             configure_logging(component="operator", **kwargs)  # type: ignore[arg-type]

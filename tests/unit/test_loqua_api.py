@@ -282,9 +282,7 @@ async def test_user_token_errors(client: TestClient, headers: Any, body: Any, st
 
 async def test_progress_shape(client: TestClient, learner: tuple[str, str]) -> None:
     user_id, token = learner
-    resp = await client.post(
-        "/api/v1/agent/progress", json=progress_body(user_id), headers=user_headers(token)
-    )
+    resp = await client.post("/api/v1/agent/progress", json=progress_body(user_id), headers=user_headers(token))
     assert resp.status == 200
     data = await resp.json()
     assert set(data) == PROGRESS_KEYS
@@ -302,9 +300,7 @@ async def test_progress_without_session_id_gets_one(client: TestClient, learner:
 
 
 @pytest.mark.parametrize("status", ["in_progress", "completed", "failed"])
-async def test_progress_accepts_every_status(
-    client: TestClient, learner: tuple[str, str], status: str
-) -> None:
+async def test_progress_accepts_every_status(client: TestClient, learner: tuple[str, str], status: str) -> None:
     user_id, token = learner
     body = {"userId": user_id, "sessionId": "s", "data": {"status": status}}
     resp = await client.post("/api/v1/agent/progress", json=body, headers=user_headers(token))
@@ -337,9 +333,7 @@ def _with_data(user_id: str, data: Any) -> dict[str, Any]:
         (lambda u: {**progress_body(u), "sessionId": 12}, "INVALID_FIELD"),
     ],
 )
-async def test_progress_validation(
-    client: TestClient, learner: tuple[str, str], make_body: Any, code: str
-) -> None:
+async def test_progress_validation(client: TestClient, learner: tuple[str, str], make_body: Any, code: str) -> None:
     user_id, token = learner
     resp = await client.post("/api/v1/agent/progress", json=make_body(user_id), headers=user_headers(token))
     assert resp.status == 400
@@ -409,9 +403,7 @@ async def test_user_endpoints_forbid_other_users(
 
 
 @pytest.mark.parametrize(("method", "path", "make_body"), USER_ENDPOINTS)
-async def test_user_endpoints_unknown_user(
-    client: TestClient, method: str, path: str, make_body: Any
-) -> None:
+async def test_user_endpoints_unknown_user(client: TestClient, method: str, path: str, make_body: Any) -> None:
     token = mint_user_token(JWT_SECRET, "ghost", "r", AGENT_ID, 600)  # valid token, no such user
     resp = await _call(client, method, path, make_body, "ghost", user_headers(token))
     assert resp.status == 404
@@ -423,18 +415,14 @@ async def test_user_endpoints_unknown_user(
 
 async def test_session_shape_and_exactly_once(client: TestClient, learner: tuple[str, str]) -> None:
     user_id, token = learner
-    resp = await client.post(
-        "/api/v1/agent/sessions", json=session_body(user_id), headers=user_headers(token)
-    )
+    resp = await client.post("/api/v1/agent/sessions", json=session_body(user_id), headers=user_headers(token))
     assert resp.status == 200
     data = await resp.json()
     assert set(data) == SESSION_KEYS
     assert data["success"] is True and data["session_id"] == "sess-1"
     assert data["created_by"] == "agent" and data["agent_id"] == AGENT_ID and ISO_Z.match(data["created_at"])
 
-    again = await client.post(
-        "/api/v1/agent/sessions", json=session_body(user_id), headers=user_headers(token)
-    )
+    again = await client.post("/api/v1/agent/sessions", json=session_body(user_id), headers=user_headers(token))
     assert again.status == 200 and (await again.json())["created_at"] == data["created_at"]
     records = await (await client.get(f"/admin/users/{user_id}/records", headers=ADMIN)).json()
     assert [s["session_id"] for s in records["sessions"]] == ["sess-1"]
@@ -478,9 +466,7 @@ async def test_session_accepts_every_performance(
         ({"userId": None}, "MISSING_USER_ID"),
     ],
 )
-async def test_session_validation(
-    client: TestClient, learner: tuple[str, str], extra: Any, code: str
-) -> None:
+async def test_session_validation(client: TestClient, learner: tuple[str, str], extra: Any, code: str) -> None:
     user_id, token = learner
     body = {k: v for k, v in {**session_body(user_id), **extra}.items() if v is not None}
     resp = await client.post("/api/v1/agent/sessions", json=body, headers=user_headers(token))
@@ -492,13 +478,9 @@ async def test_session_id_of_another_user_conflicts(client: TestClient, learner:
     user_id, token = learner
     await create_user(client, user_id="other")
     other_token = await exchange(client, "other")
-    resp = await client.post(
-        "/api/v1/agent/sessions", json=session_body(user_id), headers=user_headers(token)
-    )
+    resp = await client.post("/api/v1/agent/sessions", json=session_body(user_id), headers=user_headers(token))
     assert resp.status == 200
-    resp = await client.post(
-        "/api/v1/agent/sessions", json=session_body("other"), headers=user_headers(other_token)
-    )
+    resp = await client.post("/api/v1/agent/sessions", json=session_body("other"), headers=user_headers(other_token))
     assert resp.status == 409
     assert_error(await resp.json(), "SESSION_ID_CONFLICT")
 
@@ -526,13 +508,9 @@ async def test_context_aggregates_records(client: TestClient) -> None:
     h = user_headers(token)
     # Session A: two running-total updates; only the latest counts.
     for words, phrases, score in ((2, 3, 70), (5, 12, 80)):
-        body = progress_body(
-            "agg", "A", words_learned=words, phrases_practiced=phrases, pronunciation_score=score
-        )
+        body = progress_body("agg", "A", words_learned=words, phrases_practiced=phrases, pronunciation_score=score)
         assert (await client.post("/api/v1/agent/progress", json=body, headers=h)).status == 200
-    body = progress_body(
-        "agg", "B", words_learned=1, phrases_practiced=2, pronunciation_score=91, grammar_points=["x"]
-    )
+    body = progress_body("agg", "B", words_learned=1, phrases_practiced=2, pronunciation_score=91, grammar_points=["x"])
     assert (await client.post("/api/v1/agent/progress", json=body, headers=h)).status == 200
     for sid, minutes, topics, ach in (
         ("A", 30, ["greetings"], ["first_conversation"]),
@@ -577,9 +555,7 @@ async def test_health_shape(client: TestClient, learner: tuple[str, str]) -> Non
 
 
 @pytest.mark.parametrize("body", [{}, {"userId": ""}, None])
-async def test_health_missing_user_id_matches_seed(
-    client: TestClient, learner: tuple[str, str], body: Any
-) -> None:
+async def test_health_missing_user_id_matches_seed(client: TestClient, learner: tuple[str, str], body: Any) -> None:
     _, token = learner
     kwargs = {"json": body} if body is not None else {}
     resp = await client.post("/api/v1/agent/health", headers=user_headers(token), **kwargs)
@@ -665,25 +641,17 @@ async def test_records_survive_a_restart(config: ApiConfig) -> None:
         await create_user(first, user_id="durable")
         token = await exchange(first, "durable")
         h = user_headers(token)
-        assert (
-            await first.post("/api/v1/agent/progress", json=progress_body("durable"), headers=h)
-        ).status == 200
-        assert (
-            await first.post("/api/v1/agent/sessions", json=session_body("durable"), headers=h)
-        ).status == 200
+        assert (await first.post("/api/v1/agent/progress", json=progress_body("durable"), headers=h)).status == 200
+        assert (await first.post("/api/v1/agent/sessions", json=session_body("durable"), headers=h)).status == 200
 
     async with TestClient(TestServer(create_app(config))) as second:
         # The user token issued before the restart is still good: same JWT secret.
-        ctx = await (
-            await second.get("/api/v1/agent/user/durable/context", headers=user_headers(token))
-        ).json()
+        ctx = await (await second.get("/api/v1/agent/user/durable/context", headers=user_headers(token))).json()
         assert ctx["progress"]["total_sessions"] == 1 and ctx["progress"]["words_learned"] == 5
         assert [s["session_id"] for s in ctx["session_history"]] == ["sess-1"]
         records = await (await second.get("/admin/users/durable/records", headers=ADMIN)).json()
         assert len(records["progress_updates"]) == 1 and len(records["sessions"]) == 1
-        again = await second.post(
-            "/api/v1/agent/sessions", json=session_body("durable"), headers=user_headers(token)
-        )
+        again = await second.post("/api/v1/agent/sessions", json=session_body("durable"), headers=user_headers(token))
         assert again.status == 200
         records = await (await second.get("/admin/users/durable/records", headers=ADMIN)).json()
         assert len(records["sessions"]) == 1

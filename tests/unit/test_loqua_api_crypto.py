@@ -11,10 +11,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loqua_common.tokenkey import derive_key, parse_pad_byte
 from loqua_devstack.loqua_api import config as api_config
 from loqua_devstack.loqua_api.__main__ import main
 from loqua_devstack.loqua_api.context import current_streak, progress_totals
-from loqua_devstack.loqua_api.crypto import derive_key, encrypt_token, parse_pad_byte
+from loqua_devstack.loqua_api.crypto import encrypt_token
 from loqua_devstack.loqua_api.tokens import TokenError, mint_agent_token, mint_user_token, verify_token
 
 JWT_SECRET = "unit-jwt-secret-0123456789abcdef-0123456789"

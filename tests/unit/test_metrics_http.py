@@ -48,9 +48,7 @@ def test_metrics_in_prometheus_text_format(serve: Callable[..., ServerHandle]) -
     assert content_type.startswith("text/plain; version=0.0.4")
     assert "loqua_test_things_total 3.0" in body
     assert 'loqua_test_seconds_bucket{le="0.25"} 1.0' in body
-    status, content_type, body = get(
-        server, "/metrics?x=1", accept="application/openmetrics-text; version=1.0.0"
-    )
+    status, content_type, body = get(server, "/metrics?x=1", accept="application/openmetrics-text; version=1.0.0")
     assert status == 200 and content_type.startswith("application/openmetrics-text")
     assert body.endswith("# EOF\n")
 

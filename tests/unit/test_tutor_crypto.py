@@ -12,14 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loqua_common.tokenkey import derive_key, parse_pad_byte
 from loqua_tutor.crypto import (
     DECRYPTION_FAILED,
     TokenDecryptionError,
     decrypt_user_token,
-    derive_key,
     encrypt_token,
     looks_like_jwt,
-    parse_pad_byte,
 )
 
 SECRET = "dev-shared-secret"

@@ -17,10 +17,11 @@ import pytest
 from livekit import rtc
 from prometheus_client import CollectorRegistry
 
+from loqua_common.tokenkey import derive_key
 from loqua_tutor.api_client import LoquaApiClient
 from loqua_tutor.breaker import CircuitBreaker
 from loqua_tutor.cache import TTLCache
-from loqua_tutor.crypto import derive_key, encrypt_token
+from loqua_tutor.crypto import encrypt_token
 from loqua_tutor.entrypoint import _follow_learner, build_session, learner_from_attributes, wait_for_learner
 from loqua_tutor.metrics import JobMetrics
 from loqua_tutor.session import Learner, TutorSession

@@ -9,9 +9,10 @@ import jwt
 import pytest
 from prometheus_client import CollectorRegistry
 
+from loqua_common.tokenkey import derive_key
 from loqua_tutor.api_client import ApiError, LoquaApiClient
 from loqua_tutor.breaker import CircuitBreaker
-from loqua_tutor.crypto import TokenDecryptionError, derive_key, encrypt_token
+from loqua_tutor.crypto import TokenDecryptionError, encrypt_token
 from loqua_tutor.metrics import JobMetrics
 from loqua_tutor.token_manager import (
     TokenManager,

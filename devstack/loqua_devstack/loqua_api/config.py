@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loqua_devstack.loqua_api.crypto import PAD_BYTE_SETTING, parse_pad_byte
+from loqua_common.tokenkey import PAD_BYTE_SETTING, parse_pad_byte
 
 DEFAULT_USER_TOKEN_TTL_SECONDS = 3600
 ENV_SECRETS = {"dev": "DEV_AGENT_SECRET", "staging": "STAGING_AGENT_SECRET", "prod": "PROD_AGENT_SECRET"}

@@ -22,7 +22,7 @@ import kubernetes
 from livekit import api
 
 from loqua_devstack.learner import Learner
-from loqua_devstack.services import ServiceProcess, operator_process, wait_for
+from loqua_devstack.services import ServiceProcess, kubectl_env, operator_process, wait_for
 from loqua_devstack.stack import Stack, devstack_dir
 
 GROUP, VERSION, PLURAL = "agents.loqua.app", "v1alpha1", "agentdispatches"
@@ -56,7 +56,7 @@ class Bench:
         self.core = kubernetes.client.CoreV1Api(self.kube)
         self.logs = Path(env["DEVSTACK_DIR"]) / "logs" / "bench"
         self.rows: list[Row] = []
-        self.kubectl_env = {"KUBECONFIG": env["KUBECONFIG"], "PATH": "/usr/local/bin:/usr/bin:/bin"}
+        self.kubectl_env = kubectl_env(env)
 
     def lk(self) -> api.LiveKitAPI:
         return api.LiveKitAPI(self.env["LIVEKIT_URL"], self.env["LIVEKIT_API_KEY"], self.env["LIVEKIT_API_SECRET"])
@@ -281,7 +281,14 @@ class Bench:
                     interval=0.5,
                 )
                 burst = time.perf_counter() - t0
-                time.sleep(11)  # two full sweeps after every object is bound
+                # Two complete sweeps after every object is bound: the gauge then shows a steady sweep.
+                sweeps = self.metric(op, "loqua_operator_sweep_duration_seconds_count")
+                wait_for(
+                    lambda sweeps=sweeps: self.metric(op, "loqua_operator_sweep_duration_seconds_count") >= sweeps + 2,
+                    "two sweeps",
+                    300,
+                    interval=0.5,
+                )
                 calls = self.metric(op, "loqua_operator_sweep_livekit_calls")
                 self.rows.append(
                     Row(
@@ -312,7 +319,7 @@ async def main_async(quick: bool, only: list[str]) -> str:
         ["kubectl", "apply", "-f", str(ROOT / "deploy" / "crds")],
         check=True,
         capture_output=True,
-        env={"KUBECONFIG": env["KUBECONFIG"], "PATH": "/usr/local/bin:/usr/bin:/bin"},
+        env=kubectl_env(env),
     )
     bench = Bench(env, quick)
     try:

@@ -130,6 +130,15 @@ def operator_process(
     return proc
 
 
+def kubectl_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment for kubectl: the stack's kubeconfig, and a HOME so its cache stays out of the cwd."""
+    return {
+        "KUBECONFIG": env["KUBECONFIG"],
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+    }
+
+
 def kubectl(env: dict[str, str], *args: str, input_: str | None = None, check: bool = True) -> str:
     """Run the machine's kubectl against the stack. With ``check``, fail on a non-zero exit and return
     stdout; without, return stdout and stderr together (to read the API server's refusal)."""
@@ -139,7 +148,7 @@ def kubectl(env: dict[str, str], *args: str, input_: str | None = None, check: b
         capture_output=True,
         text=True,
         timeout=60,
-        env={"KUBECONFIG": env["KUBECONFIG"], "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")},
+        env=kubectl_env(env),
     )
     if check and out.returncode != 0:
         raise RuntimeError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -16,6 +17,8 @@ from loqua_operator.model import ObservedDispatch
 from loqua_operator.settings import OperatorSettings
 
 T = TypeVar("T")
+# Calls made inside one sweep (a task sets a fresh counter), so concurrent reconciles don't count.
+sweep_calls: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("sweep_calls", default=None)
 
 
 class LiveKitError(Exception):
@@ -80,6 +83,9 @@ class LiveKitGateway:
     async def _call(self, method: str, fn: Callable[[], Awaitable[T]]) -> T:
         started = time.perf_counter()
         self.calls += 1
+        counter = sweep_calls.get()
+        if counter is not None:
+            counter[0] += 1
         self._metrics.livekit_requests.labels(method).inc()
         try:
             result = await fn()

@@ -19,7 +19,7 @@ from typing import Any
 from loqua_operator import lifecycle
 from loqua_operator.dispatcher import Dispatcher
 from loqua_operator.kube import Kube
-from loqua_operator.livekit_gateway import LiveKitError, LiveKitGateway
+from loqua_operator.livekit_gateway import LiveKitError, LiveKitGateway, sweep_calls
 from loqua_operator.metrics import OperatorMetrics
 from loqua_operator.model import DispatchKey, DispatchSpec, ObjectRef
 from loqua_operator.settings import OperatorSettings
@@ -263,16 +263,19 @@ class LifecycleTracker:
 
     async def sweep(self) -> SweepReport:
         started = time.perf_counter()
-        calls_before = self._gw.calls
+        counter = [0]
+        token = sweep_calls.set(counter)
         report = SweepReport(objects=len(self.index))
         try:
             await self._sweep(report)
         except Exception as exc:
             report.errors += 1
             self._metrics.sweep_errors.inc()
-            log.warning("sweep failed (will retry next interval): %s", exc)
+            log.warning("sweep failed (will retry next interval): %s: %s", type(exc).__name__, exc)
+        finally:
+            sweep_calls.reset(token)
         report.seconds = time.perf_counter() - started
-        report.livekit_calls = self._gw.calls - calls_before
+        report.livekit_calls = counter[0]
         self._metrics.sweep_duration.observe(report.seconds)
         self._metrics.sweep_livekit_calls.set(report.livekit_calls)
         self.last_report = report

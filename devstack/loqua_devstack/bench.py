@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -114,6 +115,59 @@ class Bench:
             if line.startswith(name + " "):
                 return float(line.rsplit(" ", 1)[1])
         return float("nan")
+
+    async def api_client_figure(self) -> None:
+        """The tutor's API client (pooled, retries, breaker, metrics) against a bare httpx call."""
+        import httpx
+
+        from loqua_tutor.api_client import LoquaApiClient
+        from loqua_tutor.breaker import CircuitBreaker
+
+        n = 100 if self.quick else 300
+        say(f"API client overhead: {n} user-token calls through LoquaApiClient and through bare httpx")
+        base = self.env["LOQUA_API_URL"]
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            user = await http.post(
+                "/admin/users",
+                json={"email": "bench@example.com", "display_name": "Bench"},
+                headers={"Authorization": f"Bearer {self.env['LOQUA_ADMIN_TOKEN']}"},
+            )
+            user.raise_for_status()
+            user_id = user.json()["user_id"]
+            headers = {
+                "Authorization": f"Bearer {self.env['AGENT_JWT_TOKEN']}",
+                "X-Agent-ID": self.env["AGENT_ID"],
+                "Content-Type": "application/json",
+            }
+            body = {"room_name": "bench", "user_id": user_id, "agent_id": self.env["AGENT_ID"]}
+            client = LoquaApiClient(
+                base, agent_id=self.env["AGENT_ID"], agent_token=self.env["AGENT_JWT_TOKEN"], breaker=CircuitBreaker()
+            )
+            bare_t, ours_t = [], []
+            try:
+                for _ in range(10):  # warm both connection pools
+                    (await http.post("/api/v1/agent/user-token", json=body, headers=headers)).raise_for_status()
+                    await client.request_user_token(room_name="bench", user_id=user_id)
+                for _ in range(n):  # interleaved, so drift in the server affects both alike
+                    t0 = time.perf_counter()
+                    (await http.post("/api/v1/agent/user-token", json=body, headers=headers)).raise_for_status()
+                    bare_t.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    await client.request_user_token(room_name="bench", user_id=user_id)
+                    ours_t.append(time.perf_counter() - t0)
+            finally:
+                await client.aclose()
+        for label, q in (("p50", 0.5), ("p99", 0.99)):
+            o, b = pct(ours_t, q) * 1000, pct(bare_t, q) * 1000
+            self.rows.append(
+                Row(
+                    f"API client call, {label} of {n}",
+                    f"{o:.2f} ms",
+                    f"{b:.2f} ms bare httpx",
+                    f"{o / b:.2f}x",
+                    "POST /api/v1/agent/user-token on the reference API",
+                )
+            )
 
     # ---- figures ---------------------------------------------------------------------------------
     async def raw_create_dispatch(self, n: int) -> list[float]:
@@ -263,11 +317,13 @@ class Bench:
         )
 
     def calls_per_sweep(self) -> None:
-        sizes = [10, 100] if self.quick else [10, 100, 1000]
-        say(f"LiveKit calls per sweep and burst time at {sizes} objects")
+        sizes = [10, 100, 1000] if self.quick else [10, 100, 1000, 10000]
+        say(f"LiveKit calls per sweep, burst time, operator memory and CPU at {sizes} objects")
         ns = self.namespace()
         op = self.operator(ns, "sweep-calls", CLEANUP_INTERVAL_MS="5000", WEBHOOK_PORT="0")
         try:
+            time.sleep(6)
+            base_rss, base_cpu = rss_mib(op.pid), cpu_percent(op.pid, 10)
             made = 0
             for size in sizes:
                 t0 = time.perf_counter()
@@ -299,9 +355,81 @@ class Bench:
                         f"a burst of {burst_size} new objects reached Dispatched in {burst:.1f} s",
                     )
                 )
+                if size >= 1000:
+                    rss, cpu = rss_mib(op.pid), cpu_percent(op.pid, 10)
+                    self.rows.append(
+                        Row(
+                            f"operator memory and CPU, {size} objects (steady, sweeping every 5 s)",
+                            f"{rss:.0f} MiB, {cpu:.1f} % CPU",
+                            f"{base_rss:.0f} MiB, {base_cpu:.1f} % CPU at 0 objects",
+                            f"{rss / base_rss:.1f}x memory",
+                            "RSS from /proc; CPU averaged over 10 s, % of one core",
+                        )
+                    )
         finally:
             self.cleanup(ns)
             op.stop()
+
+
+def rss_mib(pid: int | None) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int | None) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_percent(pid: int | None, window: float) -> float:
+    before = cpu_seconds(pid)
+    time.sleep(window)
+    return 100.0 * (cpu_seconds(pid) - before) / window
+
+
+def log_limiter_figure(quick: bool) -> list[Row]:
+    """Cost per log call through the shared handler (format, redaction, rate limiter) against a plain
+    stdlib StreamHandler with a similar format, both writing to /dev/null."""
+    import logging
+    import math
+
+    from loqua_common.logging import configure_logging
+
+    n = 20000 if quick else 100000
+    sink = open(os.devnull, "w")  # noqa: SIM115 - closed below
+
+    def timed(logger: logging.Logger) -> float:
+        t0 = time.perf_counter()
+        for i in range(n):
+            logger.info("dispatch %s bound for room %s", i, "room-1")
+        return (time.perf_counter() - t0) / n
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        plain = logging.StreamHandler(sink)
+        plain.setFormatter(logging.Formatter("[%(asctime)s] [%(levelname)s] [-] [-] [-] %(message)s"))
+        root.handlers, root.level = [plain], logging.INFO
+        base = timed(logging.getLogger("bench.plain"))
+        rows = []
+        for label, rate in (("unlimited", math.inf), ("at LOG_RATE_LIMIT=400 (most lines dropped)", 400.0)):
+            configure_logging(component="bench", fmt="text", rate_limit=rate, stream=sink)
+            ours = timed(logging.getLogger("bench.ours"))
+            rows.append(
+                Row(
+                    f"log call cost, {label}",
+                    f"{ours * 1e6:.1f} µs",
+                    f"{base * 1e6:.1f} µs plain logging",
+                    f"{ours / base:.2f}x",
+                    f"{n} calls, text format, redaction on",
+                )
+            )
+        return rows
+    finally:
+        root.handlers, root.level = saved
+        sink.close()
 
 
 def table(rows: list[Row]) -> str:
@@ -327,12 +455,15 @@ async def main_async(quick: bool, only: list[str]) -> str:
             "latency": bench.latency_figure,
             "storm": bench.storm_figure,
             "webhook": bench.webhook_figure,
+            "api": bench.api_client_figure,
         }
         for name, fn in figures.items():
             if not only or name in only:
                 await fn()
         if not only or "sweep" in only:
             await asyncio.to_thread(bench.calls_per_sweep)
+        if not only or "logs" in only:
+            bench.rows.extend(log_limiter_figure(quick))
     finally:
         if started:
             stack.down()
@@ -342,7 +473,7 @@ async def main_async(quick: bool, only: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="loqua-bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer samples (for a smoke run)")
-    parser.add_argument("--only", action="append", default=[], help="latency, storm, webhook, sweep")
+    parser.add_argument("--only", action="append", default=[], help="latency, storm, webhook, api, sweep, logs")
     parser.add_argument("--out", default="bench-results.md", help="also write the table here")
     args = parser.parse_args(argv)
     t0 = time.monotonic()

@@ -75,9 +75,22 @@ def is_alive(pid: int | None) -> bool:
     return state != "Z"
 
 
-def stop(pid: int | None, timeout: float = 10.0) -> None:
+def runs(pid: int | None, executable: str | None) -> bool:
+    """Alive and still running ``executable`` (a pid from an old state file may have been reused)."""
+    if not is_alive(pid):
+        return False
+    if not executable:
+        return True
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(arg.decode(errors="replace") == executable for arg in cmdline[:3])
+
+
+def stop(pid: int | None, timeout: float = 10.0, executable: str | None = None) -> None:
     """SIGTERM the process group, then SIGKILL whatever is left after ``timeout``."""
-    if not pid or not is_alive(pid):
+    if not pid or not runs(pid, executable):
         return
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -301,8 +301,7 @@ class Stack:
         state = state or self.load()
         if not state:
             raise RuntimeError("the stack was never started here: run `loqua-dev up` first")
-        pid = state["pids"].get(part)
-        if processes.is_alive(pid):
+        if self._running(state, part):
             return
         cmd, extra_env, ready = self._part_specs(state)[part]
         log = self.log_file(part)
@@ -310,14 +309,18 @@ class Stack:
         started = time.monotonic()
         pid = processes.spawn(cmd, log, env=env, cwd=self.root)
         state["pids"][part] = pid
+        state.setdefault("executables", {})[part] = cmd[0]
         self.save(state)
         processes.wait_until(ready, part, timeout, pid=pid, log_file=log)
         _say(f"{part} ready in {time.monotonic() - started:.1f} s (pid {pid}, log {log})")
 
+    def _running(self, state: dict, part: str) -> bool:
+        return processes.runs(state.get("pids", {}).get(part), state.get("executables", {}).get(part))
+
     def stop_part(self, part: str) -> None:
         state = self.load()
         pid = state.get("pids", {}).pop(part, None)
-        processes.stop(pid)
+        processes.stop(pid, executable=state.get("executables", {}).get(part))
         if state:
             self.save(state)
 
@@ -339,9 +342,9 @@ class Stack:
         state = self.load()
         for part in reversed(PARTS):
             pid = state.get("pids", {}).get(part)
-            if processes.is_alive(pid):
+            if self._running(state, part):
                 _say(f"stopping {part} (pid {pid})")
-            processes.stop(pid)
+                processes.stop(pid, executable=state.get("executables", {}).get(part))
         if state:
             state["pids"] = {}
             self.save(state)
@@ -359,7 +362,7 @@ class Stack:
         out = {}
         for part in PARTS:
             pid = state.get("pids", {}).get(part)
-            out[part] = {"running": processes.is_alive(pid), "pid": pid, "address": where[part]}
+            out[part] = {"running": self._running(state, part), "pid": pid, "address": where[part]}
         return out
 
     def is_up(self) -> bool:

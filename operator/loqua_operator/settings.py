@@ -18,6 +18,7 @@ class OperatorSettings(BaseSettings):
     agent_ttl_seconds: int = Field(300, ge=0, le=86400, description="default ttlSeconds of an object")
     cleanup_interval_ms: int = Field(60000, ge=1000, le=3_600_000, description="orphan sweep period")
     orphan_grace_seconds: int = Field(120, ge=0, le=86400, description="age before an orphan is removed")
+    orphan_rooms_per_sweep: int = Field(200, ge=1, le=100000, description="rooms searched for orphans per sweep")
     agent_presence_grace_seconds: int = Field(15, ge=1, le=3600, description="no agent this long: re-dispatch")
     max_redispatches: int = Field(10, ge=0, le=1000, description="re-dispatches per object before giving up")
     managed_agent_names: Annotated[list[str], NoDecode] = Field(

@@ -21,11 +21,12 @@ from loqua_operator.dispatcher import Dispatcher
 from loqua_operator.kube import Kube
 from loqua_operator.livekit_gateway import LiveKitError, LiveKitGateway, sweep_calls
 from loqua_operator.metrics import OperatorMetrics
-from loqua_operator.model import DispatchKey, DispatchSpec, ObjectRef
+from loqua_operator.model import DispatchKey, DispatchSpec, ObjectRef, ObservedDispatch
 from loqua_operator.settings import OperatorSettings
 from loqua_operator.status import parse_iso
 
 log = logging.getLogger("loqua_operator.lifecycle")
+ORPHAN_CHECK_CONCURRENCY = 8
 
 
 def object_view(body: dict[str, Any], default_ttl: int) -> lifecycle.ObjectView | None:
@@ -335,39 +336,52 @@ class LifecycleTracker:
         now = dt.datetime.now(dt.UTC)
         clock = time.monotonic()
         # A dispatch must be ORPHAN_GRACE_SECONDS old before it is removed, so each unreferenced room
-        # needs a look only once per grace period: that bounds ListDispatch calls as rooms grow.
+        # needs a look only once per grace period; at most ORPHAN_ROOMS_PER_SWEEP rooms are looked at
+        # per sweep (least recently checked first), a few at a time: calls and time stay bounded.
         recheck = max(self.settings.orphan_grace_seconds, self.settings.cleanup_interval_seconds)
         self._orphan_checked = {r: t for r, t in self._orphan_checked.items() if r in rooms}
-        for name in rooms:
-            if name in referenced_rooms:
-                continue  # duplicates there are removed by the object's own reconcile
-            if clock - self._orphan_checked.get(name, -recheck) < recheck:
-                continue
+        due = [
+            name
+            for name in rooms
+            if name not in referenced_rooms and clock - self._orphan_checked.get(name, -recheck) >= recheck
+        ]
+        due.sort(key=lambda name: self._orphan_checked.get(name, float("-inf")))
+        due = due[: self.settings.orphan_rooms_per_sweep]
+        for name in due:
             self._orphan_checked[name] = clock
-            try:
-                dispatches = await self._dispatcher.observe(name)
-            except LiveKitError as exc:
-                report.errors += 1
-                self._metrics.sweep_errors.inc()
-                log.warning("ListDispatch failed: %s", exc, extra={"fields": {"room": name}})
-                continue
-            for orphan in lifecycle.orphans(
-                name, dispatches, referenced, managed, now, self.settings.orphan_grace_seconds
-            ):
-                self._metrics.orphans_found.inc()
+        limit = asyncio.Semaphore(ORPHAN_CHECK_CONCURRENCY)
+
+        async def check(name: str) -> None:
+            async with limit:
                 try:
-                    if await self._gw.delete_dispatch(name, orphan.id):
-                        self._metrics.orphans_removed.inc()
-                        self._metrics.dispatches_deleted.labels("orphan").inc()
-                        report.orphans_removed += 1
-                        log.info(
-                            "removed orphan dispatch",
-                            extra={"fields": {"room": name, "agent": orphan.agent_name, "dispatch_id": orphan.id}},
-                        )
+                    dispatches = await self._dispatcher.observe(name)
                 except LiveKitError as exc:
-                    report.errors += 1
-                    self._metrics.sweep_errors.inc()
-                    log.warning("could not delete orphan: %s", exc, extra={"fields": {"dispatch_id": orphan.id}})
+                    # livekit-server keeps listing a room for a while after no node hosts it any more
+                    # (no participant, no dispatch) and answers ListDispatch for it only with a timeout.
+                    log.debug("ListDispatch gave no answer for room %s: %s", name, exc.code)
+                    return
+                for orphan in lifecycle.orphans(
+                    name, dispatches, referenced, managed, now, self.settings.orphan_grace_seconds
+                ):
+                    await self._remove_orphan(name, orphan, report)
+
+        await asyncio.gather(*(check(name) for name in due))
+
+    async def _remove_orphan(self, room: str, orphan: ObservedDispatch, report: SweepReport) -> None:
+        self._metrics.orphans_found.inc()
+        try:
+            if await self._gw.delete_dispatch(room, orphan.id):
+                self._metrics.orphans_removed.inc()
+                self._metrics.dispatches_deleted.labels("orphan").inc()
+                report.orphans_removed += 1
+                log.info(
+                    "removed orphan dispatch",
+                    extra={"fields": {"room": room, "agent": orphan.agent_name, "dispatch_id": orphan.id}},
+                )
+        except LiveKitError as exc:
+            report.errors += 1
+            self._metrics.sweep_errors.inc()
+            log.warning("could not delete orphan: %s", exc, extra={"fields": {"dispatch_id": orphan.id}})
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sweep every CLEANUP_INTERVAL_MS until ``stop`` is set; errors never end the loop."""

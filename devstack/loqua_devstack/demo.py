@@ -19,11 +19,18 @@ from pathlib import Path
 import httpx
 from livekit import api
 
-from loqua_devstack.services import ServiceProcess, kubectl, operator_process, wait_for
+from loqua_devstack.learner import Learner
+from loqua_devstack.services import ServiceProcess, kubectl, operator_process, tutor_process
 from loqua_devstack.stack import Stack, devstack_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "deploy" / "crds"
+
+
+def headline(detail: str) -> str:
+    """One line for the summary: skip kubectl's table headers, keep the data."""
+    lines = [line for line in detail.splitlines() if line.strip() and not line.startswith("NAME ")]
+    return " ".join(lines[0].split()) if lines else ""
 
 
 @dataclass
@@ -49,7 +56,7 @@ class Timeline:
 
     def summary(self) -> str:
         out = ["", "| step | result | seconds |", "| --- | --- | ---: |"]
-        out += [f"| {t} | {r.splitlines()[0] if r else ''} | {s:.1f} |" for t, r, s in self.rows]
+        out += [f"| {t} | {headline(r)} | {s:.1f} |" for t, r, s in self.rows]
         return "\n".join(out)
 
 
@@ -111,6 +118,63 @@ def loqua_health(env: dict[str, str]) -> str:
     return f"learner {user_id} created; token exchanged and decrypted; health: {body['status']}"
 
 
+AGENT = "spanish-tutor"
+TTL = 15
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return LOOP.run_until_complete(coro)
+
+
+LOOP = asyncio.new_event_loop()
+
+
+def wait_loop(check, what: str, timeout: float, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    """Poll ``check`` while the event loop runs, so the learner's rtc events keep arriving."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        run(asyncio.sleep(interval))
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def create_learner(env: dict[str, str]) -> dict:
+    resp = httpx.post(
+        f"{env['LOQUA_API_URL']}/admin/users",
+        timeout=10,
+        headers={"Authorization": f"Bearer {env['LOQUA_ADMIN_TOKEN']}"},
+        json={
+            "email": f"ana-{uuid.uuid4().hex[:4]}@example.com",
+            "display_name": "Ana",
+            "preferences": {
+                "language_learning": "spanish",
+                "native_language": "english",
+                "learning_pace": "moderate",
+                "focus_areas": ["vocabulary"],
+            },
+        },
+    )
+    resp.raise_for_status()
+    return resp.json()
+
+
+def session_records(env: dict[str, str], user_id: str) -> dict | None:
+    resp = httpx.get(
+        f"{env['LOQUA_API_URL']}/admin/users/{user_id}/records",
+        timeout=10,
+        headers={"Authorization": f"Bearer {env['LOQUA_ADMIN_TOKEN']}"},
+    )
+    resp.raise_for_status()
+    body = resp.json()
+    return body if body["sessions"] else None
+
+
+def get_status(env: dict[str, str], name: str) -> dict:
+    return json.loads(kubectl(env, "get", "ad", name, "-n", "default", "-o", "json")).get("status") or {}
+
+
 def main() -> int:
     # livekit-server --dev's secret is 6 bytes; PyJWT warns about it on every signing. Dev only.
     warnings.filterwarnings("ignore", message="The HMAC key is")
@@ -118,6 +182,7 @@ def main() -> int:
     stack = Stack(devstack_dir())
     started_stack = not stack.is_up()
     operator: ServiceProcess | None = None
+    worker: ServiceProcess | None = None
     ok = False
     try:
         env = {}
@@ -136,7 +201,7 @@ def main() -> int:
         )
         tl.step(
             "livekit-server answers",
-            lambda: asyncio.run(livekit_round_trip(env, f"demo-{uuid.uuid4().hex[:6]}")),
+            lambda: run(livekit_round_trip(env, f"demo-{uuid.uuid4().hex[:6]}")),
         )
         tl.step("Loqua API answers", lambda: loqua_health(env))
         tl.step("AgentDispatch CRD installed", lambda: kubectl(env, "apply", "-f", str(CRD_DIR)))
@@ -146,19 +211,34 @@ def main() -> int:
             operator = operator_process(
                 env,
                 Path(env["DEVSTACK_DIR"]) / "logs" / "demo-operator.log",
-                extra_env={"LEASE_NAME": "demo-operator"},
+                namespaces=["default"],
+                extra_env={"LEASE_NAME": "demo-operator", "CLEANUP_INTERVAL_MS": "2000"},
             ).start()
             operator.wait_healthy(timeout=60, body="ok")
             return f"loqua-operator running (pid {operator.pid}, log {operator.log_file})"
 
         tl.step("operator running", start_operator)
+
+        def start_worker() -> str:
+            nonlocal worker
+            worker = tutor_process(
+                env,
+                Path(env["DEVSTACK_DIR"]) / "logs" / "demo-tutor.log",
+                agent_name=AGENT,
+                extra_env={"PROGRESS_INTERVAL_SECONDS": "3", "JOB_EXECUTOR": "thread"},
+            ).start()
+            worker.wait_healthy(timeout=90, body="ok")
+            return f"loqua-tutor registered as {AGENT!r} (pid {worker.pid}, log {worker.log_file})"
+
+        tl.step("tutor worker running", start_worker)
         room = f"lesson-{uuid.uuid4().hex[:6]}"
+        user = create_learner(env)
         manifest = json.dumps(
             {
                 "apiVersion": "agents.loqua.app/v1alpha1",
                 "kind": "AgentDispatch",
                 "metadata": {"name": room, "namespace": "default"},
-                "spec": {"room": room, "agentName": "spanish-tutor", "ttlSeconds": 30},
+                "spec": {"room": room, "agentName": AGENT, "ttlSeconds": TTL},
             }
         )
 
@@ -167,28 +247,123 @@ def main() -> int:
             kubectl(env, "wait", f"ad/{room}", "--for=jsonpath={.status.phase}=Dispatched", "--timeout=60s")
             return kubectl(env, "get", "ad", room)
 
-        tl.step("AgentDispatch applied with kubectl → Dispatched", apply_and_wait)
+        tl.step(f"AgentDispatch {room} applied with kubectl → Dispatched", apply_and_wait)
+        learner = Learner(
+            env,
+            room,
+            user_id=user["user_id"],
+            sessionId=f"sess_{int(time.time() * 1000)}_demo",
+            display_name=user["display_name"],
+            email=user["email"],
+        )
+        agent_identity: dict[str, str] = {}
+
+        def learner_joins() -> str:
+            run(learner.join())
+            agent = wait_loop(lambda: next(iter(learner.agents_in_room()), None), "the agent in the room", 60)
+            agent_identity["id"] = agent.identity
+            wait_loop(lambda: agent.attributes.get("loqua.status") == "active", "the session to start", 60)
+            kubectl(env, "wait", f"ad/{room}", "--for=jsonpath={.status.phase}=Active", "--timeout=30s")
+            return (
+                f"learner {user['display_name']} joined; agent {agent.identity} joined and started session "
+                f"{agent.attributes.get('loqua.session_id')}\n" + kubectl(env, "get", "ad", room)
+            )
+
+        tl.step("a learner joins; the agent joins and the session starts", learner_joins)
+
+        def practise() -> str:
+            agent = learner.agents_in_room()[0]
+            calls = [
+                ("new_word", {"word": "hola", "translation": "hello", "language": "es"}),
+                ("new_word", {"word": "gracias", "translation": "thank you", "language": "es"}),
+                ("phrase_practised", {"phrase": "¿Cómo estás?"}),
+                ("pronunciation_score", {"score": 86}),
+                ("grammar_point", {"point": "present_tense"}),
+            ]
+            for tool, args in calls:
+                reply = json.loads(
+                    run(
+                        learner.room.local_participant.perform_rpc(
+                            destination_identity=agent.identity,
+                            method="tutor.tool",
+                            payload=json.dumps({"tool": tool, "args": args}),
+                        )
+                    )
+                )
+                if not reply.get("ok"):
+                    raise RuntimeError(f"tool {tool} failed: {reply}")
+            return f"{len(calls)} tutor tool calls (new words, a phrase, a pronunciation score, a grammar point)"
+
+        tl.step("the tutor's tools record progress", practise)
+
+        def refresh() -> str:
+            before = get_status(env, room)["dispatchId"]
+            run(learner.refresh())
+            agent = wait_loop(lambda: next(iter(learner.agents_in_room()), None), "the agent after refresh", 30)
+            if agent.identity != agent_identity["id"]:
+                raise RuntimeError(f"a different agent after the refresh: {agent.identity}")
+            after = get_status(env, room)["dispatchId"]
+            if after != before:
+                raise RuntimeError(f"dispatch changed from {before} to {after}")
+            return f"learner left and rejoined: same agent {agent.identity}, same dispatch {after}"
+
+        tl.step("page refresh: the same agent stays", refresh)
 
         def refresh_storm() -> str:
             for _ in range(20):
                 kubectl(env, "apply", "-f", "-", input_=manifest)
-            found = asyncio.run(dispatches_of(env, room))
-            if len(found) != 1:
-                raise RuntimeError(f"{len(found)} dispatches after the refresh storm")
-            return f"20 re-applies: still exactly 1 LiveKit dispatch ({found[0].id})"
+            found = run(dispatches_of(env, room))
+            agents = learner.agents_in_room()
+            if len(found) != 1 or len(agents) != 1:
+                raise RuntimeError(f"{len(found)} dispatches and {len(agents)} agents after the storm")
+            return f"20 re-applies: still 1 LiveKit dispatch ({found[0].id}) and 1 agent in the room"
 
         tl.step("refresh storm creates no second agent", refresh_storm)
 
-        def delete_object() -> str:
-            kubectl(env, "delete", "ad", room, "--timeout=60s")
-            wait_for(lambda: not asyncio.run(dispatches_of(env, room)), "dispatch removed", 30)
-            return "object deleted; the finalizer removed the LiveKit dispatch"
+        def learner_leaves() -> str:
+            run(learner.leave())
+            kubectl(env, "wait", f"ad/{room}", "--for=jsonpath={.status.phase}=Idle", "--timeout=30s")
+            st = get_status(env, room)
+            return (
+                f"learner left; Idle since {st['idleSince']}, expires at {st['expiresAt']} (TTL {TTL} s)\n"
+                + kubectl(env, "get", "ad", room)
+            )
 
-        tl.step("deletion removes the LiveKit dispatch", delete_object)
+        tl.step("the learner leaves: Idle, the TTL runs", learner_leaves)
+
+        def expiry() -> str:
+            wait_loop(
+                lambda: not kubectl(env, "get", "ad", "-n", "default", "--ignore-not-found", room).strip(),
+                "the object to expire",
+                TTL + 60,
+                interval=1,
+            )
+            if run(dispatches_of(env, room)):
+                raise RuntimeError("the LiveKit dispatch outlived its object")
+            return "TTL expired: the LiveKit dispatch and the AgentDispatch object are gone"
+
+        tl.step("TTL expires: dispatch and object deleted", expiry)
+
+        def session_record() -> str:
+            records = wait_loop(lambda: session_records(env, user["user_id"]), "the session record", 60, interval=1)
+            sessions, progress = records["sessions"], records["progress_updates"]
+            if len(sessions) != 1:
+                raise RuntimeError(f"{len(sessions)} session records, expected exactly 1")
+            final = [p for p in progress if p["data"]["status"] == "completed"]
+            rec = sessions[0]
+            return (
+                f"1 session record: {rec['overall_performance']}, {len(rec['new_vocabulary'])} new words, "
+                f"achievements {rec['achievements']}; {len(progress)} progress updates, "
+                f"{len(final)} final (completed)"
+            )
+
+        tl.step("the learning session record is in the Loqua API", session_record)
         ok = True
     except Exception as exc:
         tl.say(f"✗ demo failed: {exc}")
     finally:
+        if worker is not None:
+            worker.stop(timeout=60)
         if operator is not None:
             operator.stop()
         if started_stack:

@@ -130,6 +130,44 @@ def operator_process(
     return proc
 
 
+def tutor_process(
+    stack_env: dict[str, str],
+    log_file: Path,
+    agent_name: str = "",
+    extra_env: dict[str, str] | None = None,
+) -> ServiceProcess:
+    """`loqua-tutor start` against the stack; healthy ("ok" on /healthz) once registered with LiveKit."""
+    metrics_port = processes.free_port()
+    env = dict(os.environ)
+    env.update(
+        {
+            "LIVEKIT_URL": stack_env["LIVEKIT_URL"],
+            "LIVEKIT_API_KEY": stack_env["LIVEKIT_API_KEY"],
+            "LIVEKIT_API_SECRET": stack_env["LIVEKIT_API_SECRET"],
+            "API_BASE_URL": stack_env["LOQUA_API_URL"],
+            "AGENT_JWT_TOKEN": stack_env["AGENT_JWT_TOKEN"],
+            "AGENT_ID": stack_env["AGENT_ID"],
+            "SHARED_SECRET": stack_env["SHARED_SECRET"],
+            "SHARED_SECRET_PAD_BYTE": stack_env.get("SHARED_SECRET_PAD_BYTE", "0x00"),
+            "AGENT_NAME": agent_name,
+            "METRICS_PORT": str(metrics_port),
+            "HEALTH_PORT": "0",
+            "HTTP_HOST": "127.0.0.1",
+            "REGION": "devstack",
+        }
+    )
+    env.update(extra_env or {})
+    proc = ServiceProcess(
+        "loqua-tutor",
+        [_console_script("loqua-tutor"), "start"],
+        env,
+        log_file,
+        f"http://127.0.0.1:{metrics_port}/healthz",
+    )
+    proc.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"  # type: ignore[attr-defined]
+    return proc
+
+
 def kubectl_env(env: dict[str, str]) -> dict[str, str]:
     """The environment for kubectl: the stack's kubeconfig, and a HOME so its cache stays out of the cwd."""
     return {

@@ -17,6 +17,8 @@ help:
 	@echo "make test-unit      unit tests only (no servers)"
 	@echo "make devstack-up    start the local stack (settings in .devstack/env)"
 	@echo "make devstack-down  stop it"
+	@echo "make up             the stack plus the operator and a tutor worker, for exploring by hand"
+	@echo "make down           stop all of it"
 	@echo "make lint           ruff check + format check"
 	@echo "make bench          benchmarks against baselines measured in the same run"
 
@@ -51,6 +53,11 @@ devstack-up: venv binaries
 
 devstack-down: venv
 	@$(BIN)/loqua-dev down
+
+up: venv binaries
+	@$(BIN)/loqua-dev up --with-agents
+
+down: devstack-down
 
 status: venv
 	@$(BIN)/loqua-dev status

@@ -8,13 +8,22 @@ import shlex
 import sys
 
 from loqua_devstack import binaries
-from loqua_devstack.stack import PARTS, Stack, devstack_dir
+from loqua_devstack.stack import ALL_PARTS, Stack, devstack_dir
 
 DESCRIPTION = """\
 Local stack of real components for the Loqua agents: etcd + kube-apiserver (+ kube-controller-manager),
 livekit-server (--dev) and the reference Loqua API, all on 127.0.0.1. Binaries are built from Go modules
 once and cached under $LOQUA_CACHE_DIR (default ~/.cache/loqua-agents). State, logs and the env file
 live in .devstack/ (or $LOQUA_DEVSTACK_DIR).
+"""
+
+
+EXPLORE_HINT = """
+The operator and a tutor worker (agent name spanish-tutor) are running. Try:
+  set -a; . {env}; set +a
+  kubectl apply -f deploy/examples/agentdispatch.yaml && kubectl get ad -w
+  tail -f {logs}/operator.log {logs}/tutor.log
+Stop everything with: make down   (or: .venv/bin/loqua-dev down)
 """
 
 
@@ -26,7 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build (or reuse) the pinned Go binaries")
     b.add_argument("names", nargs="*", metavar="NAME", help=f"only these ({', '.join(binaries.BINARIES)})")
     b.add_argument("--force", action="store_true", help="rebuild even when cached")
-    sub.add_parser("up", help="start every part (reuses a running stack) and write .devstack/env")
+    up = sub.add_parser("up", help="start every part (reuses a running stack) and write .devstack/env")
+    up.add_argument(
+        "--with-agents",
+        action="store_true",
+        help="also install the CRD and run the operator and a tutor worker (agent name spanish-tutor)",
+    )
     sub.add_parser("down", help="stop every process of the stack")
     st = sub.add_parser("status", help="tell what is up, where")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -37,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         ("start", "start one part"),
     ):
         p = sub.add_parser(name, help=verb)
-        p.add_argument("part", choices=PARTS)
+        p.add_argument("part", choices=ALL_PARTS)
     api = sub.add_parser("api", help="run the reference Loqua API alone (see `loqua-dev api --help`)", add_help=False)
     api.add_argument("api_args", nargs=argparse.REMAINDER)
     return parser
@@ -60,9 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             for name, path in paths.items():
                 print(f"{name}: {path}")
         elif args.command == "up":
-            stack.up()
+            stack.up(with_agents=args.with_agents)
             _print_status(stack)
             print(f"\nsettings: {stack.env_file}  (set -a; . {stack.env_file}; set +a)")
+            if args.with_agents:
+                print(EXPLORE_HINT.format(env=stack.env_file, logs=stack.root / "logs"))
         elif args.command == "down":
             stack.down()
             print("stack stopped")

@@ -12,8 +12,10 @@ import json
 import os
 import secrets
 import ssl
+import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,10 @@ from loqua_devstack import binaries, processes
 from loqua_devstack.pki import ControlPlanePki, ensure_pki
 
 PARTS = ("etcd", "kube-apiserver", "kube-controller-manager", "livekit", "loqua-api")
+# Started only by `loqua-dev up --with-agents` (`make up`): the product itself, for exploring by hand.
+AGENT_PARTS = ("operator", "tutor")
+ALL_PARTS = PARTS + AGENT_PARTS
+EXPLORE_AGENT_NAME = "spanish-tutor"
 DEFAULT_AGENT_ID = "loqua-dev-tutor"
 LIVEKIT_API_KEY = "devkey"
 LIVEKIT_API_SECRET = "secret"  # what `livekit-server --dev` uses; dev only, never in production
@@ -69,7 +75,17 @@ class Stack:
     def _init_state(self) -> dict:
         state = self.load()
         ports = state.setdefault("ports", {})
-        for key in ("etcd", "etcd_peer", "apiserver", "kcm", "livekit", "livekit_rtc_tcp", "loqua_api"):
+        for key in (
+            "etcd",
+            "etcd_peer",
+            "apiserver",
+            "kcm",
+            "livekit",
+            "livekit_rtc_tcp",
+            "loqua_api",
+            "operator_metrics",
+            "tutor_metrics",
+        ):
             ports.setdefault(key, processes.free_port())
         ports.setdefault("livekit_rtc_udp", processes.free_udp_port())
         # The operator's webhook port is reserved here so livekit-server can point at it up front.
@@ -210,7 +226,55 @@ class Stack:
             },
             lambda: processes.http_ok(f"http://127.0.0.1:{p['loqua_api']}/healthz"),
         )
+        specs.update(self._agent_specs(state))
         return specs
+
+    def _agent_specs(self, state: dict) -> dict[str, tuple[list[str], dict[str, str], Callable[[], bool]]]:
+        p = state["ports"]
+        bin_dir = Path(sys.executable).parent
+        common = {
+            "KUBECONFIG": str(self.kubeconfig),
+            "LIVEKIT_URL": f"ws://127.0.0.1:{p['livekit']}",
+            "LIVEKIT_API_KEY": LIVEKIT_API_KEY,
+            "LIVEKIT_API_SECRET": LIVEKIT_API_SECRET,
+            "REGION": "devstack",
+        }
+        operator_env = {
+            **common,
+            "METRICS_PORT": str(p["operator_metrics"]),
+            "WEBHOOK_PORT": str(p["operator_webhook"]),
+            "LEASE_NAMESPACE": "default",
+            "CLEANUP_INTERVAL_MS": "5000",
+        }
+        sec = state["secrets"]
+        tutor_env = {
+            **common,
+            "API_BASE_URL": f"http://127.0.0.1:{p['loqua_api']}",
+            "AGENT_JWT_TOKEN": state.get("agent_jwt_token", ""),
+            "AGENT_ID": DEFAULT_AGENT_ID,
+            "SHARED_SECRET": sec["shared_secret"],
+            "SHARED_SECRET_PAD_BYTE": "0x00",
+            "AGENT_NAME": EXPLORE_AGENT_NAME,
+            "METRICS_PORT": str(p["tutor_metrics"]),
+            "HEALTH_PORT": "0",
+            "HTTP_HOST": "127.0.0.1",
+            "JOB_EXECUTOR": "thread",
+        }
+
+        def healthy(port: int) -> Callable[[], bool]:
+            def check() -> bool:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                        return resp.read().decode().strip() == "ok"
+                except OSError:
+                    return False
+
+            return check
+
+        return {
+            "operator": ([str(bin_dir / "loqua-operator"), "run"], operator_env, healthy(p["operator_metrics"])),
+            "tutor": ([str(bin_dir / "loqua-tutor"), "start"], tutor_env, healthy(p["tutor_metrics"])),
+        }
 
     def _write_kubeconfig(self, state: dict) -> None:
         pki = self._pki()
@@ -296,8 +360,8 @@ class Stack:
         return parts
 
     def start_part(self, part: str, state: dict | None = None, timeout: float = 90.0) -> None:
-        if part not in PARTS:
-            raise ValueError(f"unknown part {part!r}; parts are: {', '.join(PARTS)}")
+        if part not in ALL_PARTS:
+            raise ValueError(f"unknown part {part!r}; parts are: {', '.join(ALL_PARTS)}")
         state = state or self.load()
         if not state:
             raise RuntimeError("the stack was never started here: run `loqua-dev up` first")
@@ -324,8 +388,9 @@ class Stack:
         if state:
             self.save(state)
 
-    def up(self) -> dict[str, str]:
-        """Start every part that is not running (reusing a running stack) and write the env file."""
+    def up(self, with_agents: bool = False) -> dict[str, str]:
+        """Start every part that is not running (reusing a running stack) and write the env file;
+        ``with_agents`` also installs the CRD and starts the operator and a tutor worker."""
         binaries.ensure_all()
         self.root.mkdir(parents=True, exist_ok=True)
         state = self._init_state()
@@ -335,12 +400,22 @@ class Stack:
         for part in self._available_parts():
             self.start_part(part, state)
         self._write_env(state)
+        if with_agents:
+            crds = Path(__file__).resolve().parents[2] / "deploy" / "crds"
+            subprocess.run(
+                ["kubectl", "apply", "-f", str(crds)],
+                check=True,
+                capture_output=True,
+                env=dict(os.environ, KUBECONFIG=str(self.kubeconfig)),
+            )
+            for part in AGENT_PARTS:
+                self.start_part(part, self.load())
         _say(f"stack up in {time.monotonic() - started:.1f} s; settings in {self.env_file}")
         return self.env(state)
 
     def down(self) -> None:
         state = self.load()
-        for part in reversed(PARTS):
+        for part in reversed(ALL_PARTS):
             pid = state.get("pids", {}).get(part)
             if self._running(state, part):
                 _say(f"stopping {part} (pid {pid})")
@@ -358,9 +433,11 @@ class Stack:
             "kube-controller-manager": f"https://127.0.0.1:{ports.get('kcm')}",
             "livekit": f"ws://127.0.0.1:{ports.get('livekit')}",
             "loqua-api": f"http://127.0.0.1:{ports.get('loqua_api')}",
+            "operator": f"http://127.0.0.1:{ports.get('operator_metrics')}/metrics",
+            "tutor": f"http://127.0.0.1:{ports.get('tutor_metrics')}/metrics",
         }
         out = {}
-        for part in PARTS:
+        for part in ALL_PARTS:
             pid = state.get("pids", {}).get(part)
             out[part] = {"running": self._running(state, part), "pid": pid, "address": where[part]}
         return out

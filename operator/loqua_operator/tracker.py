@@ -27,6 +27,7 @@ from loqua_operator.status import parse_iso
 
 log = logging.getLogger("loqua_operator.lifecycle")
 ORPHAN_CHECK_CONCURRENCY = 8
+SWEEP_CONCURRENCY = 16
 
 
 def object_view(body: dict[str, Any], default_ttl: int) -> lifecycle.ObjectView | None:
@@ -306,23 +307,29 @@ class LifecycleTracker:
                     views[name] = lifecycle.RoomView(True, r.sid, learners[name], None)
             else:
                 views[name] = lifecycle.RoomView(True, r.sid, learners[name], None)
-        for obj in objects:
-            try:
-                done = await self.apply(obj, views.get(obj.key.room, lifecycle.GONE), "sweep")
-            except Exception as exc:
-                report.errors += 1
-                self._metrics.sweep_errors.inc()
-                log.warning(
-                    "lifecycle update failed: %s: %s",
-                    type(exc).__name__,
-                    exc,
-                    extra={"fields": {"namespace": obj.namespace, "name": obj.name}},
-                )
-                continue
+        limit = asyncio.Semaphore(SWEEP_CONCURRENCY)
+
+        async def one(obj: lifecycle.ObjectView) -> None:
+            async with limit:
+                try:
+                    done = await self.apply(obj, views.get(obj.key.room, lifecycle.GONE), "sweep")
+                except Exception as exc:
+                    report.errors += 1
+                    self._metrics.sweep_errors.inc()
+                    log.warning(
+                        "lifecycle update failed: %s: %s",
+                        type(exc).__name__,
+                        exc,
+                        extra={"fields": {"namespace": obj.namespace, "name": obj.name}},
+                    )
+                    return
             if done == "expired":
                 report.expired += 1
             elif done == "redispatched":
                 report.redispatched += 1
+
+        # Status writes go out a few at a time: after a burst every object gets idleSince/expiresAt.
+        await asyncio.gather(*(one(obj) for obj in objects))
         await self._remove_orphans(rooms, objects, report)
 
     async def _remove_orphans(

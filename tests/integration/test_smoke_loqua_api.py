@@ -17,35 +17,19 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from tests.seed_contract import (
+    CONTEXT_KEYS,
+    CONTEXT_PROGRESS_KEYS,
+    HEALTH_KEYS,
+    ISO_Z,
+    PROGRESS_KEYS,
+    SESSION_KEYS,
+    USER_TOKEN_KEYS,
+    independent_decrypt,
+)
 
 pytestmark = pytest.mark.integration
-
-ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
-USER_TOKEN_KEYS = {"encrypted_token", "user_id", "room_name", "expires_in", "issued_at", "issued_to"}
-PROGRESS_KEYS = {"success", "message", "userId", "sessionId", "agentId", "timestamp"}
-SESSION_KEYS = {"success", "session_id", "created_at", "created_by", "agent_id"}
-CONTEXT_KEYS = {
-    "user_id",
-    "preferences",
-    "progress",
-    "session_history",
-    "created_at",
-    "updated_at",
-    "accessed_by",
-}
-CONTEXT_PROGRESS_KEYS = {
-    "total_sessions",
-    "total_conversation_time",
-    "words_learned",
-    "phrases_practiced",
-    "pronunciation_score_avg",
-    "grammar_points_covered",
-    "achievements_unlocked",
-    "last_session_date",
-    "current_streak",
-}
-HEALTH_KEYS = {"status", "agent_id", "permissions", "timestamp"}
 
 
 def pad_byte_of(setting: str) -> int:
@@ -53,17 +37,6 @@ def pad_byte_of(setting: str) -> int:
     if not setting:
         return 0
     return int(setting, 16) if setting.lower().startswith("0x") else ord(setting)
-
-
-def decrypt(encrypted: str, secret: str, pad_byte: int) -> str:
-    """Seed 003's token decryption, from the primitives."""
-    iv_hex, data_hex = encrypted.split(":")
-    key = (secret.encode("utf-8") + bytes([pad_byte]) * 32)[:32]
-    decryptor = Cipher(algorithms.AES(key), modes.CBC(bytes.fromhex(iv_hex))).decryptor()
-    padded = decryptor.update(bytes.fromhex(data_hex)) + decryptor.finalize()
-    n = padded[-1]
-    assert 1 <= n <= 16 and padded[-n:] == bytes([n]) * n, "bad PKCS7 padding"
-    return padded[:-n].decode("utf-8")
 
 
 def jwt_claims(token: str) -> dict[str, Any]:
@@ -115,7 +88,7 @@ def learner(api: httpx.Client, admin: dict[str, str], stack_env: dict[str, str])
     user = new_user(api, admin, display_name="Smoke Learner", preferences={"learning_pace": "slow"})
     resp = exchange(api, stack_env, user["user_id"], "smoke-room")
     assert resp.status_code == 200, resp.text
-    token = decrypt(
+    token = independent_decrypt(
         resp.json()["encrypted_token"],
         stack_env["SHARED_SECRET"],
         pad_byte_of(stack_env["SHARED_SECRET_PAD_BYTE"]),
@@ -142,7 +115,7 @@ def test_user_token_exchange(api: httpx.Client, admin: dict[str, str], stack_env
     assert data["issued_to"] == stack_env["AGENT_ID"] and ISO_Z.match(data["issued_at"])
     assert isinstance(data["expires_in"], int) and data["expires_in"] > 0
     assert re.fullmatch(r"[0-9a-f]{32}:([0-9a-f]{32})+", data["encrypted_token"])
-    token = decrypt(
+    token = independent_decrypt(
         data["encrypted_token"], stack_env["SHARED_SECRET"], pad_byte_of(stack_env["SHARED_SECRET_PAD_BYTE"])
     )
     claims = jwt_claims(token)

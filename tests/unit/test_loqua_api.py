@@ -17,9 +17,20 @@ import jwt
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from loqua_devstack.loqua_api import ApiConfig, create_app, mint_agent_token, mint_user_token
+from tests.seed_contract import (
+    CONTEXT_KEYS,
+    CONTEXT_PROGRESS_KEYS,
+    HEALTH_KEYS,
+    HISTORY_KEYS,
+    ISO_Z,
+    PREFERENCE_KEYS,
+    PROGRESS_KEYS,
+    SESSION_KEYS,
+    USER_TOKEN_KEYS,
+    independent_decrypt,
+)
 
 JWT_SECRET = "unit-jwt-secret-0123456789abcdef-0123456789"
 SHARED_SECRET = "short-secret"  # < 32 bytes: the pad byte matters
@@ -27,52 +38,7 @@ PAD_BYTE = 0x30
 ADMIN_TOKEN = "unit-admin-token"
 AGENT_ID = "unit-tutor"
 TTL = 1234
-ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 ERROR_CODE = re.compile(r"^[A-Z][A-Z0-9_]*$")
-
-USER_TOKEN_KEYS = {"encrypted_token", "user_id", "room_name", "expires_in", "issued_at", "issued_to"}
-PROGRESS_KEYS = {"success", "message", "userId", "sessionId", "agentId", "timestamp"}
-SESSION_KEYS = {"success", "session_id", "created_at", "created_by", "agent_id"}
-CONTEXT_KEYS = {
-    "user_id",
-    "preferences",
-    "progress",
-    "session_history",
-    "created_at",
-    "updated_at",
-    "accessed_by",
-}
-PREFERENCE_KEYS = {
-    "language_learning",
-    "native_language",
-    "learning_pace",
-    "focus_areas",
-    "session_length_preference",
-}
-CONTEXT_PROGRESS_KEYS = {
-    "total_sessions",
-    "total_conversation_time",
-    "words_learned",
-    "phrases_practiced",
-    "pronunciation_score_avg",
-    "grammar_points_covered",
-    "achievements_unlocked",
-    "last_session_date",
-    "current_streak",
-}
-HISTORY_KEYS = {"session_id", "date", "duration_minutes", "topics_covered"}
-HEALTH_KEYS = {"status", "agent_id", "permissions", "timestamp"}
-
-
-def independent_decrypt(encrypted: str, secret: str, pad_byte: int) -> str:
-    """Seed 003's decryption steps, written from the primitives (not loqua_api.crypto)."""
-    iv_hex, data_hex = encrypted.split(":")
-    key = (secret.encode("utf-8") + bytes([pad_byte]) * 32)[:32]
-    decryptor = Cipher(algorithms.AES(key), modes.CBC(bytes.fromhex(iv_hex))).decryptor()
-    padded = decryptor.update(bytes.fromhex(data_hex)) + decryptor.finalize()
-    n = padded[-1]
-    assert 1 <= n <= 16 and padded[-n:] == bytes([n]) * n, "bad PKCS7 padding"
-    return padded[:-n].decode("utf-8")
 
 
 def assert_error(body: dict[str, Any], code: str) -> None:

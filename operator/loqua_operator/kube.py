@@ -78,17 +78,6 @@ class Kube:
             for i in items
         ]
 
-    async def list_all(self) -> list[dict[str, Any]]:
-        def fetch() -> list[dict[str, Any]]:
-            if not self._namespaces:
-                return list(self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL).get("items", []))
-            items: list[dict[str, Any]] = []
-            for ns in self._namespaces:
-                items.extend(self._custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL).get("items", []))
-            return items
-
-        return [i for i in await asyncio.to_thread(fetch) if self.watches(i["metadata"]["namespace"])]
-
     async def delete_object(self, ref: ObjectRef, uid: str | None = None) -> bool:
         """Delete an AgentDispatch (for TTL expiry); False when it is already gone."""
         body = {"preconditions": {"uid": uid}} if uid else None

@@ -121,17 +121,3 @@ def failed_status(
         "observedGeneration": generation,
         "conditions": conds,
     }
-
-
-def pending_status(current: dict[str, Any], generation: int, now: dt.datetime) -> dict[str, Any]:
-    conds = condition(
-        current.get("conditions"),
-        READY,
-        False,
-        "Reconciling",
-        "looking up LiveKit dispatches",
-        generation,
-        now,
-    )
-    conds = condition(conds, DISPATCHED, False, "Reconciling", "no dispatch bound yet", generation, now)
-    return {"phase": Phase.PENDING.value, "observedGeneration": generation, "conditions": conds}

@@ -27,10 +27,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def stack_env() -> Iterator[dict[str, str]]:
     stack = Stack(devstack_dir())
-    started_here = not stack.is_up()
-    if started_here:
-        stack.up()
-    env = stack.env()
+    started_here = not stack.any_running()  # only then is the stack ours to stop
+    env = stack.up()  # reuses running parts, starts missing ones
     try:
         yield env
     finally:

@@ -478,7 +478,7 @@ def table(rows: list[Row]) -> str:
 async def main_async(quick: bool, only: list[str]) -> str:
     warnings.filterwarnings("ignore", message="The HMAC key is")
     stack = Stack(devstack_dir())
-    started = not stack.is_up()
+    started = not stack.any_running()
     env = stack.up()
     subprocess.run(
         ["kubectl", "apply", "-f", str(ROOT / "deploy" / "crds")],

@@ -180,7 +180,7 @@ def main() -> int:
     warnings.filterwarnings("ignore", message="The HMAC key is")
     tl = Timeline()
     stack = Stack(devstack_dir())
-    started_stack = not stack.is_up()
+    started_stack = not stack.any_running()
     operator: ServiceProcess | None = None
     worker: ServiceProcess | None = None
     ok = False

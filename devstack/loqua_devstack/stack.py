@@ -442,6 +442,12 @@ class Stack:
             out[part] = {"running": self._running(state, part), "pid": pid, "address": where[part]}
         return out
 
+    def any_running(self) -> bool:
+        """Whether any part of this stack runs: then someone else owns it, even if a part is down
+        (a fault test may have stopped one on purpose)."""
+        state = self.load()
+        return bool(state) and any(self._running(state, part) for part in ALL_PARTS)
+
     def is_up(self) -> bool:
         status = self.status()
         return bool(self.load()) and all(status[p]["running"] for p in self._available_parts())

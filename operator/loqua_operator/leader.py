@@ -135,16 +135,24 @@ class LeaderElector:
                 if await self._try_once():
                     self.is_leader = True
                     return
+                if not announced:
+                    log.info("standing by: another replica holds Lease %s/%s", self.namespace, self.name)
+                    announced = True
             except ApiException as exc:
-                log.warning(
-                    "leader election: Lease %s/%s unavailable (HTTP %s); retrying",
-                    self.namespace,
-                    self.name,
-                    exc.status,
-                )
-            if not announced:
-                log.info("standing by: another replica holds Lease %s/%s", self.namespace, self.name)
-                announced = True
+                if exc.status == 404:
+                    log.error(
+                        "leader election: namespace %r for Lease %s does not exist; set LEASE_NAMESPACE (or "
+                        "POD_NAMESPACE) to an existing namespace. Retrying.",
+                        self.namespace,
+                        self.name,
+                    )
+                else:
+                    log.warning(
+                        "leader election: Lease %s/%s unavailable (HTTP %s); retrying",
+                        self.namespace,
+                        self.name,
+                        exc.status,
+                    )
             await asyncio.sleep(self.renew_seconds)
 
     async def keep(self) -> None:

@@ -44,7 +44,14 @@ async def start_lifecycle(memo: kopf.Memo, **_: Any) -> None:
             make_app(receiver, ctx.metrics, lambda room, gone: ctx.tracker.schedule_refresh(room, gone), verified),
             ctx.settings.webhook_port,
         )
-        await server.start()
+        try:
+            await server.start()
+        except OSError as exc:
+            # A startup activity that fails permanently stops the operator: better than running blind.
+            raise kopf.PermanentError(
+                f"WEBHOOK_PORT {ctx.settings.webhook_port} cannot be served ({exc.strerror or exc}); "
+                "choose a free port or set WEBHOOK_ENABLED=false"
+            ) from None
         memo.webhook_server = server
 
 

@@ -1,0 +1,120 @@
+"""Fixtures for end-to-end tests of the tutor worker: `loqua-tutor start` as a real process against
+the running local stack (livekit-server, the reference Loqua API), clients for LiveKit and the API's
+admin endpoints, and the worker's own /metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from livekit import api
+from prometheus_client.parser import text_string_to_metric_families
+
+from loqua_devstack.services import ServiceProcess, tutor_process
+
+# Job executor of the e2e worker. `process` (the production default) is fast enough on 2 cores:
+# two warm job processes are ready before the first dispatch. Override with E2E_TUTOR_EXECUTOR.
+EXECUTOR = os.environ.get("E2E_TUTOR_EXECUTOR", "process")
+PARTICIPANT_WAIT_TIMEOUT = 8  # seconds: the "learner never joins" test waits this long
+PROGRESS_INTERVAL = 2  # seconds between progress updates
+
+
+@pytest.fixture(scope="session")
+def e2e_logs_dir(stack_env: dict[str, str]) -> Path:
+    path = Path(stack_env["DEVSTACK_DIR"]) / "logs" / "tests"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tutor_agent_name() -> str:
+    """A unique explicit-dispatch name: other people's workers on the shared stack never get our jobs."""
+    return f"e2e-tutor-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def tutor_worker(stack_env: dict[str, str], e2e_logs_dir: Path, tutor_agent_name: str) -> Iterator[ServiceProcess]:
+    """`loqua-tutor start`, registered with livekit-server; SIGTERM at the end must stop it cleanly."""
+    proc = tutor_process(
+        stack_env,
+        e2e_logs_dir / f"tutor-{tutor_agent_name}.log",
+        agent_name=tutor_agent_name,
+        extra_env={
+            "JOB_EXECUTOR": EXECUTOR,
+            "PARTICIPANT_WAIT_TIMEOUT_SECONDS": str(PARTICIPANT_WAIT_TIMEOUT),
+            "PROGRESS_INTERVAL_SECONDS": str(PROGRESS_INTERVAL),
+            "FINALIZE_TIMEOUT_SECONDS": "30",
+            "DRAIN_TIMEOUT_SECONDS": "30",
+            # DEBUG: more output to scan for leaked secrets.
+            "LOG_LEVEL": "DEBUG",
+            "LOG_FORMAT": "text",
+        },
+    ).start()
+    try:
+        proc.wait_healthy(timeout=90, body="ok")
+        yield proc
+        # SIGTERM to the worker's main process only, as the kubelet sends it to the container's PID 1
+        # (ServiceProcess.stop signals the whole process group, which also kills livekit-agents'
+        # forkserver; see the module docstring of test_tutor_e2e.py).
+        assert proc.proc is not None
+        os.kill(proc.proc.pid, signal.SIGTERM)
+        code = proc.proc.wait(timeout=90)
+    finally:
+        proc.stop(timeout=30)  # whatever is left (a failed start, a hung drain): SIGTERM, then SIGKILL the group
+    log = proc.log_text()
+    assert code == 0, f"loqua-tutor exited with {code} after SIGTERM; see {proc.log_file}"
+    assert "SIGTERM: draining" in log and "worker stopped" in log, log[-2000:]
+    # (An idle job process still starting up at shutdown is killed by livekit-agents and logged as
+    # "process exited with non-zero exit code -10": not a lost session, so not checked here.)
+    assert "session record LOST" not in log
+
+
+@pytest.fixture(scope="module")
+async def lk(stack_env: dict[str, str]) -> AsyncIterator[api.LiveKitAPI]:
+    client = api.LiveKitAPI(stack_env["LIVEKIT_URL"], stack_env["LIVEKIT_API_KEY"], stack_env["LIVEKIT_API_SECRET"])
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="module")
+async def admin(stack_env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    """The Loqua API's /admin endpoints (users, records, faults)."""
+    async with httpx.AsyncClient(
+        base_url=stack_env["LOQUA_API_URL"],
+        timeout=15,
+        headers={"Authorization": f"Bearer {stack_env['LOQUA_ADMIN_TOKEN']}"},
+    ) as client:
+        yield client
+
+
+class WorkerMetrics:
+    """Reads the worker's Prometheus exposition (job-process series are merged in by the worker)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def samples(self) -> list[tuple[str, dict[str, str], float]]:
+        async with httpx.AsyncClient(timeout=5) as client:
+            resp = await client.get(self.url)
+        resp.raise_for_status()
+        return [
+            (s.name, dict(s.labels), float(s.value))
+            for family in text_string_to_metric_families(resp.text)
+            for s in family.samples
+        ]
+
+    async def value(self, name: str, **labels: str) -> float:
+        """Sum of the samples called ``name`` whose labels include ``labels`` (0 when none)."""
+        return sum(
+            v for n, lab, v in await self.samples() if n == name and all(lab.get(k) == x for k, x in labels.items())
+        )
+
+
+@pytest.fixture(scope="module")
+def worker_metrics(tutor_worker: ServiceProcess) -> WorkerMetrics:
+    return WorkerMetrics(tutor_worker.metrics_url)  # type: ignore[attr-defined]

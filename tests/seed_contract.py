@@ -51,3 +51,21 @@ def independent_decrypt(encrypted: str, secret: str, pad_byte: int) -> str:
     n = padded[-1]
     assert 1 <= n <= 16 and padded[-n:] == bytes([n]) * n, "bad PKCS7 padding"
     return padded[:-n].decode("utf-8")
+
+
+def example_session_body(user_id: str, session_id: str | None = None) -> dict:
+    """Seed 003's example POST /api/v1/agent/sessions body."""
+    body: dict = {
+        "userId": user_id,
+        "duration_minutes": 30,
+        "topics_covered": ["greetings", "travel"],
+        "new_vocabulary": [{"word": "hello", "translation": "hola", "language": "es"}],
+        "grammar_points": ["present_tense"],
+        "pronunciation_practice_count": 15,
+        "overall_performance": "good",
+        "achievements": ["first_conversation"],
+        "next_session_recommendations": ["Focus on past tense verbs"],
+    }
+    if session_id is not None:
+        body["sessionId"] = session_id
+    return body

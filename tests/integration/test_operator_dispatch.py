@@ -181,32 +181,10 @@ def get_ad_default_missing(stack_env) -> bool:
 def test_room_and_agent_are_immutable(stack_env, custom, namespace) -> None:
     create(custom, namespace, "a", room_name())
     wait_phase(custom, namespace, "a", "Dispatched")
-    out = kubectl(
-        stack_env,
-        "patch",
-        "-n",
-        namespace,
-        "ad",
-        "a",
-        "--type=merge",
-        "-p",
-        '{"spec":{"room":"elsewhere"}}',
-        check=False,
-    )
-    assert "room is immutable" in out
-    out = kubectl(
-        stack_env,
-        "patch",
-        "-n",
-        namespace,
-        "ad",
-        "a",
-        "--type=merge",
-        "-p",
-        '{"spec":{"agentName":"other"}}',
-        check=False,
-    )
-    assert "agentName is immutable" in out
+    for field, value in (("room", "elsewhere"), ("agentName", "other")):
+        patch = json.dumps({"spec": {field: value}})
+        out = kubectl(stack_env, "patch", "-n", namespace, "ad", "a", "--type=merge", "-p", patch, check=False)
+        assert f"{field} is immutable" in out
 
 
 def test_printer_columns(stack_env, custom, namespace) -> None:

@@ -26,6 +26,7 @@ from tests.seed_contract import (
     PROGRESS_KEYS,
     SESSION_KEYS,
     USER_TOKEN_KEYS,
+    example_session_body,
     independent_decrypt,
 )
 
@@ -165,18 +166,7 @@ def test_session_flow(
             agent_id,
         )
 
-    record = {
-        "userId": user_id,
-        "sessionId": session_id,
-        "duration_minutes": 30,
-        "topics_covered": ["greetings", "travel"],
-        "new_vocabulary": [{"word": "hello", "translation": "hola", "language": "es"}],
-        "grammar_points": ["present_tense"],
-        "pronunciation_practice_count": 15,
-        "overall_performance": "good",
-        "achievements": ["first_conversation"],
-        "next_session_recommendations": ["Focus on past tense verbs"],
-    }
+    record = example_session_body(user_id, session_id)
     for _ in range(2):  # a retried session record is stored once
         resp = api.post("/api/v1/agent/sessions", json=record, headers=h)
         assert resp.status_code == 200 and set(resp.json()) == SESSION_KEYS

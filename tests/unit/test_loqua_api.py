@@ -29,6 +29,7 @@ from tests.seed_contract import (
     PROGRESS_KEYS,
     SESSION_KEYS,
     USER_TOKEN_KEYS,
+    example_session_body,
     independent_decrypt,
 )
 
@@ -120,17 +121,7 @@ def progress_body(user_id: str, session_id: str | None = "sess-1", **progress: A
 
 
 def session_body(user_id: str, session_id: str | None = "sess-1", **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "userId": user_id,
-        "duration_minutes": 30,
-        "topics_covered": ["greetings", "travel"],
-        "new_vocabulary": [{"word": "hello", "translation": "hola", "language": "es"}],
-        "grammar_points": ["present_tense"],
-        "pronunciation_practice_count": 15,
-        "overall_performance": "good",
-        "achievements": ["first_conversation"],
-        "next_session_recommendations": ["Focus on past tense verbs"],
-    }
+    body: dict[str, Any] = example_session_body(user_id)
     if session_id is not None:
         body["sessionId"] = session_id
     body.update(extra)

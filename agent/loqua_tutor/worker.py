@@ -18,7 +18,8 @@ While draining the worker still reports itself full (``WS_FULL``).
 On SIGTERM/SIGINT the worker drains: it reports itself full, waits up to ``DRAIN_TIMEOUT_SECONDS``
 for running sessions to end on their own, then closes; closing ends the remaining jobs, whose
 sessions finalize (final progress and session record) within ``FINALIZE_TIMEOUT_SECONDS``. A
-second signal skips the rest of the drain.
+second signal skips the rest of the drain. Only the main process acts on SIGTERM, also when it is
+sent to the whole process group (``loqua_tutor.forkserver``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from loqua_common.metrics import serve_http
 from loqua_tutor import __version__
 from loqua_tutor.entrypoint import entrypoint, on_session_end, prewarm
+from loqua_tutor.forkserver import start_forkserver_ignoring_sigterm
 from loqua_tutor.metrics import JOB_METRIC_NAMES, JobMetrics, WorkerMetrics, worker_metrics
 from loqua_tutor.multiproc import MultiprocStore, exposition_registry
 from loqua_tutor.pipeline import check_providers, mode_description
@@ -228,6 +230,10 @@ async def run_worker(
     if not settings.agent_name and os.environ.get("LIVEKIT_AGENT_NAME"):
         log.warning("LIVEKIT_AGENT_NAME is set; livekit-agents registers with it although AGENT_NAME is empty")
     store = _prepare_metrics_dir(settings)
+    if install_signal_handlers and settings.job_executor == "process":
+        # After the metrics directory is in the environment (the forkserver keeps the environment
+        # of its start), before any thread exists and before our handlers: see loqua_tutor.forkserver.
+        start_forkserver_ignoring_sigterm()
     server, _ = build_server(settings, metrics)
     registered = asyncio.Event()
 

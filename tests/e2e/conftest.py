@@ -59,8 +59,7 @@ def tutor_worker(stack_env: dict[str, str], e2e_logs_dir: Path, tutor_agent_name
         proc.wait_healthy(timeout=90, body="ok")
         yield proc
         # SIGTERM to the worker's main process only, as the kubelet sends it to the container's PID 1
-        # (ServiceProcess.stop signals the whole process group, which also kills livekit-agents'
-        # forkserver; see the module docstring of test_tutor_e2e.py).
+        # (a SIGTERM to the whole process group: test_tutor_drain.py).
         assert proc.proc is not None
         os.kill(proc.proc.pid, signal.SIGTERM)
         code = proc.proc.wait(timeout=90)

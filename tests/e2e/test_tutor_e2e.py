@@ -7,10 +7,8 @@ The stack is shared: every room, user and agent name is unique to this module, f
 scoped to our user's paths where the API allows it, and the ones that are not (the progress path)
 are short, limited to a few answers, and removed by id in a ``finally``.
 
-The worker is stopped with SIGTERM to its main process only (what the kubelet does): with
-``JOB_EXECUTOR=process`` a SIGTERM to the whole process group also kills livekit-agents'
-multiprocessing forkserver, which does not ignore SIGTERM; the worker then sees every job process
-"exit with code 255" and running sessions end without final progress or session record.
+The worker is stopped with SIGTERM to its main process only (what the kubelet does); a SIGTERM to
+the whole process group during a session is test_tutor_drain.py's subject.
 
 Tests 2-5 follow one learner's session (join → tools → page refresh → end → log scan). Each step is
 run on demand by :class:`MainScenario`, so any of these tests also runs alone (``-k``).

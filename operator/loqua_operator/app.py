@@ -80,7 +80,7 @@ async def run(settings: OperatorSettings, namespaces: list[str]) -> int:
             )
             elector = LeaderElector(kube, namespace, settings.lease_name, identity)
             await elector.acquire()
-            metrics.is_leader.set(1)
+        metrics.is_leader.set(1)  # this replica acts from here on (the only one, without leader election)
         await gateway.start()
         dispatcher = Dispatcher(gateway, metrics, settings)
         tracker = LifecycleTracker(settings, gateway, dispatcher, kube, metrics)

@@ -106,7 +106,11 @@ class OperatorMetrics:
             ["handler"],
             registry=registry,
         )
-        self.is_leader = Gauge(f"{PREFIX}_leader", "1 while this replica holds the leader Lease", registry=registry)
+        self.is_leader = Gauge(
+            f"{PREFIX}_leader",
+            "1 while this replica acts: it holds the leader Lease, or leader election is off",
+            registry=registry,
+        )
         self.expired = Counter(
             f"{PREFIX}_expired_total", "Objects deleted because their TTL ran out", registry=registry
         )

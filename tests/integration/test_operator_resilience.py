@@ -155,3 +155,29 @@ async def test_two_replicas_never_duplicate(stack_env, custom, core, logs_dir, l
         release_namespace(core, custom, ns)
         a.stop()
         b.stop()
+
+
+async def test_single_replica_without_leader_election_acts_and_says_so(
+    stack_env, custom, core, logs_dir, lk, crd
+) -> None:
+    ns = make_namespace(core, "solo")
+    proc = operator_process(
+        stack_env,
+        logs_dir / f"operator-no-election-{ns}.log",
+        namespaces=[ns],
+        extra_env={"LEADER_ELECTION": "false", "LEASE_NAMESPACE": ns, "WEBHOOK_PORT": "0"},
+    ).start()
+    try:
+        proc.wait_healthy(timeout=60, body="ok")
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, ad_manifest("a", f"ne-{ns}", agent=SOLO_AGENT)
+        )
+        wait_phase(custom, ns, "a", "Dispatched", timeout=60)
+        # It acts without a Lease, and its leader gauge says it acts (dashboards count acting replicas).
+        assert is_leader(proc)
+        leases = kubernetes.client.CoordinationV1Api(core.api_client).list_namespaced_lease(ns).items
+        assert leases == [], [lease.metadata.name for lease in leases]
+        assert len(await live_dispatches(lk, f"ne-{ns}", SOLO_AGENT)) == 1
+    finally:
+        release_namespace(core, custom, ns)
+        proc.stop()

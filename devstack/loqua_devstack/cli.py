@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shlex
 import sys
+import warnings
 
 from loqua_devstack import binaries
 from loqua_devstack.stack import ALL_PARTS, Stack, devstack_dir
@@ -22,6 +24,7 @@ EXPLORE_HINT = """
 The operator and a tutor worker (agent name spanish-tutor) are running. Try:
   set -a; . {env}; set +a
   kubectl apply -f deploy/examples/agentdispatch.yaml && kubectl get ad -w
+  .venv/bin/loqua-dev learner lesson-4711 --seconds 30    # a learner joins the example's room
   tail -f {logs}/operator.log {logs}/tutor.log
 Stop everything with: make down   (or: .venv/bin/loqua-dev down)
 """
@@ -52,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=verb)
         p.add_argument("part", choices=ALL_PARTS)
+    learner = sub.add_parser(
+        "learner",
+        help="join a room as a scripted learner (a new Loqua user) and report the agent",
+        description="Join ROOM as a new learner of the reference Loqua API (the rtc SDK, with the web app's "
+        "attributes), report the agent that joins and its session, stay, then leave. Needs `loqua-dev up`; "
+        "with `make up` apply an AgentDispatch for ROOM first (agentName spanish-tutor).",
+    )
+    learner.add_argument("room", metavar="ROOM")
+    learner.add_argument("--seconds", type=float, default=None, help="stay this long (default: until Ctrl+C)")
+    learner.add_argument("--name", default="Ana", help="display name of the learner (default: Ana)")
     api = sub.add_parser("api", help="run the reference Loqua API alone (see `loqua-dev api --help`)", add_help=False)
     api.add_argument("api_args", nargs=argparse.REMAINDER)
     return parser
@@ -95,6 +108,18 @@ def main(argv: list[str] | None = None) -> int:
                 return 3
             for key, value in stack.env().items():
                 print(f"{'export ' if args.export else ''}{key}={shlex.quote(value) if args.export else value}")
+        elif args.command == "learner":
+            if not stack.is_up():
+                raise RuntimeError("the stack is not up: run `make up` (or `loqua-dev up`) first")
+            from loqua_devstack.learner import visit
+
+            # The stack's dev API secret ("secret") is shorter than PyJWT would like; it is the dev stack's.
+            warnings.filterwarnings("ignore", message="The HMAC key is")
+
+            try:
+                return 0 if asyncio.run(visit(stack.env(), args.room, args.seconds, args.name)) else 4
+            except KeyboardInterrupt:
+                return 0
         elif args.command == "stop":
             stack.stop_part(args.part)
             print(f"{args.part} stopped")

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 from livekit import api
 
-from loqua_devstack.learner import Learner
+from loqua_devstack.learner import Learner, create_user, session_records
 from loqua_devstack.services import ServiceProcess, kubectl, operator_process, tutor_process
 from loqua_devstack.stack import Stack, devstack_dir
 
@@ -140,37 +140,6 @@ def wait_loop(check, what: str, timeout: float, interval: float = 0.2):  # type:
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def create_learner(env: dict[str, str]) -> dict:
-    resp = httpx.post(
-        f"{env['LOQUA_API_URL']}/admin/users",
-        timeout=10,
-        headers={"Authorization": f"Bearer {env['LOQUA_ADMIN_TOKEN']}"},
-        json={
-            "email": f"ana-{uuid.uuid4().hex[:4]}@example.com",
-            "display_name": "Ana",
-            "preferences": {
-                "language_learning": "spanish",
-                "native_language": "english",
-                "learning_pace": "moderate",
-                "focus_areas": ["vocabulary"],
-            },
-        },
-    )
-    resp.raise_for_status()
-    return resp.json()
-
-
-def session_records(env: dict[str, str], user_id: str) -> dict | None:
-    resp = httpx.get(
-        f"{env['LOQUA_API_URL']}/admin/users/{user_id}/records",
-        timeout=10,
-        headers={"Authorization": f"Bearer {env['LOQUA_ADMIN_TOKEN']}"},
-    )
-    resp.raise_for_status()
-    body = resp.json()
-    return body if body["sessions"] else None
-
-
 def get_status(env: dict[str, str], name: str) -> dict:
     return json.loads(kubectl(env, "get", "ad", name, "-n", "default", "-o", "json")).get("status") or {}
 
@@ -232,7 +201,7 @@ def main() -> int:
 
         tl.step("tutor worker running", start_worker)
         room = f"lesson-{uuid.uuid4().hex[:6]}"
-        user = create_learner(env)
+        user = create_user(env)
         manifest = json.dumps(
             {
                 "apiVersion": "agents.loqua.app/v1alpha1",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
+import httpx
 from livekit import api, rtc
 
 
@@ -48,3 +51,84 @@ class Learner:
         return [
             p for p in self.room.remote_participants.values() if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
         ]
+
+
+def create_user(env: dict[str, str], display_name: str = "Ana") -> dict:
+    """A learner in the reference Loqua API (admin endpoint), learning Spanish."""
+    resp = httpx.post(
+        f"{env['LOQUA_API_URL']}/admin/users",
+        timeout=10,
+        headers={"Authorization": f"Bearer {env['LOQUA_ADMIN_TOKEN']}"},
+        json={
+            "email": f"{display_name.lower()}-{uuid.uuid4().hex[:4]}@example.com",
+            "display_name": display_name,
+            "preferences": {
+                "language_learning": "spanish",
+                "native_language": "english",
+                "learning_pace": "moderate",
+                "focus_areas": ["vocabulary"],
+            },
+        },
+    )
+    resp.raise_for_status()
+    return resp.json()
+
+
+def session_records(env: dict[str, str], user_id: str) -> dict | None:
+    """The user's session records and progress updates, or None while there is no session record."""
+    resp = httpx.get(
+        f"{env['LOQUA_API_URL']}/admin/users/{user_id}/records",
+        timeout=10,
+        headers={"Authorization": f"Bearer {env['LOQUA_ADMIN_TOKEN']}"},
+    )
+    resp.raise_for_status()
+    body = resp.json()
+    return body if body["sessions"] else None
+
+
+async def visit(
+    env: dict[str, str], room: str, seconds: float | None, display_name: str = "Ana", agent_timeout: float = 60
+) -> bool:
+    """`loqua-dev learner`: a new user joins ``room``, reports the agent and its session, stays for
+    ``seconds`` (None: until cancelled, e.g. Ctrl+C) and leaves. True if an agent joined."""
+    user = create_user(env, display_name)
+    learner = Learner(
+        env,
+        room,
+        user_id=user["user_id"],
+        sessionId=f"sess_{int(time.time() * 1000)}_dev",
+        display_name=display_name,
+        email=user["email"],
+    )
+    await learner.join()
+    print(f"{display_name} (user {user['user_id']}) joined room {room} as {learner.identity}", flush=True)
+    try:
+        deadline = time.monotonic() + agent_timeout
+        while not learner.agents_in_room() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        agents = learner.agents_in_room()
+        if not agents:
+            print(
+                f"no agent joined within {agent_timeout:.0f} s: is an AgentDispatch for room {room} applied "
+                "(kubectl get ad) and a tutor worker running with its agentName (make up runs spanish-tutor)?",
+                flush=True,
+            )
+            return False
+        agent = agents[0]
+        while agent.attributes.get("loqua.status") != "active" and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        print(
+            f"agent {agent.identity} joined; session {agent.attributes.get('loqua.session_id', '-')} is "
+            f"{agent.attributes.get('loqua.status', 'not started')}",
+            flush=True,
+        )
+        print(f"staying {'until Ctrl+C' if seconds is None else f'{seconds:.0f} s'}", flush=True)
+        await asyncio.sleep(float("inf") if seconds is None else seconds)
+        return True
+    finally:
+        await learner.leave()
+        print(
+            f"{display_name} left room {room}. Once the dispatch ends (TTL), the session record is at "
+            f"{env['LOQUA_API_URL']}/admin/users/{user['user_id']}/records (admin token: LOQUA_ADMIN_TOKEN)",
+            flush=True,
+        )

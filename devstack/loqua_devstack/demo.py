@@ -158,7 +158,10 @@ def main() -> int:
 
         def up() -> str:
             env.update(stack.up())
-            return "\n".join(f"{p:<24} {i['address']}" for p, i in stack.status().items() if i["running"])
+            running = {p: i for p, i in stack.status().items() if i["running"]}
+            return f"{len(running)} parts on 127.0.0.1: {', '.join(running)}\n" + "\n".join(
+                f"{p:<24} {i['address']}" for p, i in running.items()
+            )
 
         tl.step("local stack up", up)
         tl.step(
@@ -214,7 +217,12 @@ def main() -> int:
         def apply_and_wait() -> str:
             kubectl(env, "apply", "-f", "-", input_=manifest)
             kubectl(env, "wait", f"ad/{room}", "--for=jsonpath={.status.phase}=Dispatched", "--timeout=60s")
-            return kubectl(env, "get", "ad", room)
+            st = get_status(env, room)
+            return (
+                f"phase Dispatched: LiveKit dispatch {st['dispatchId']} "
+                f"{'reused' if st.get('reused') else 'created'}, agent {AGENT} on its way\n"
+                + kubectl(env, "get", "ad", room)
+            )
 
         tl.step(f"AgentDispatch {room} applied with kubectl → Dispatched", apply_and_wait)
         learner = Learner(
@@ -309,7 +317,10 @@ def main() -> int:
             )
             if run(dispatches_of(env, room)):
                 raise RuntimeError("the LiveKit dispatch outlived its object")
-            return "TTL expired: the LiveKit dispatch and the AgentDispatch object are gone"
+            answer = kubectl(env, "get", "ad", room, "-n", "default", check=False).strip()
+            if "NotFound" not in answer:
+                raise RuntimeError(f"kubectl get ad {room} still answers: {answer}")
+            return f"TTL expired: the LiveKit dispatch and the AgentDispatch object are gone\n{answer}"
 
         tl.step("TTL expires: dispatch and object deleted", expiry)
 
@@ -333,8 +344,10 @@ def main() -> int:
     finally:
         if worker is not None:
             worker.stop(timeout=60)
+            tl.say("tutor worker stopped")
         if operator is not None:
             operator.stop()
+            tl.say("operator stopped")
         if started_stack:
             stack.down()
             tl.say("local stack stopped")

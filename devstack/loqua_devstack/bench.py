@@ -311,50 +311,63 @@ class Bench:
             )
         )
 
-    async def join_latency(self, ns: str, tag: str, samples: int) -> list[float]:
-        times = []
+    async def join_leave_latency(self, ns: str, tag: str, samples: int) -> tuple[list[float], list[float]]:
+        """Seconds from a learner's join to phase Active, and from its leave to phase Idle."""
+        joins, leaves = [], []
+
+        def phase_is(name: str, phase: str) -> bool:
+            return self.status(ns, name).get("phase") == phase
+
         for i in range(samples):
-            room = f"bench-join-{tag}-{uuid.uuid4().hex[:6]}"
-            self.create(ns, f"join-{i}", room, ttlSeconds=600)
-            wait_for(lambda i=i: self.status(ns, f"join-{i}").get("dispatchId"), "bound", 60)
+            room, name = f"bench-join-{tag}-{uuid.uuid4().hex[:6]}", f"join-{i}"
+            self.create(ns, name, room, ttlSeconds=600)
+            wait_for(lambda name=name: self.status(ns, name).get("dispatchId"), "bound", 60)
             learner = Learner(self.env, room)
             t0 = time.perf_counter()
             await learner.join()
-            await asyncio.to_thread(
-                wait_for, lambda i=i: self.status(ns, f"join-{i}").get("phase") == "Active", "Active", 120, 0.02
-            )
-            times.append(time.perf_counter() - t0)
+            await asyncio.to_thread(wait_for, lambda name=name: phase_is(name, "Active"), "Active", 120, 0.02)
+            joins.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
             await learner.leave()
-        return times
+            await asyncio.to_thread(wait_for, lambda name=name: phase_is(name, "Idle"), "Idle", 120, 0.02)
+            leaves.append(time.perf_counter() - t0)
+        return joins, leaves
 
     async def webhook_figure(self) -> None:
         samples = 5 if self.quick else 10
-        interval_ms = 10000
-        say(f"learner join -> status Active: webhooks against the sweep alone (CLEANUP_INTERVAL_MS={interval_ms})")
+        interval_ms = 5000
+        say(
+            f"learner join/leave -> status: webhooks against the sweep alone (CLEANUP_INTERVAL_MS={interval_ms}), "
+            f"{samples} learners each"
+        )
         ns = self.namespace()
         op = self.operator(ns, "webhook", CLEANUP_INTERVAL_MS=str(interval_ms))
         try:
-            hooked = await self.join_latency(ns, "hook", samples)
+            hooked = await self.join_leave_latency(ns, "hook", samples)
         finally:
             self.cleanup(ns)
             op.stop()
         ns = self.namespace()
         op = self.operator(ns, "sweep", CLEANUP_INTERVAL_MS=str(interval_ms), WEBHOOK_ENABLED="false", WEBHOOK_PORT="0")
         try:
-            swept = await self.join_latency(ns, "sweep", samples)
+            swept = await self.join_leave_latency(ns, "sweep", samples)
         finally:
             self.cleanup(ns)
             op.stop()
-        h, s = statistics.median(hooked), statistics.median(swept)
-        self.rows.append(
-            Row(
-                f"learner join → status Active, median of {samples}",
-                f"{h * 1000:.0f} ms webhook",
-                f"{s * 1000:.0f} ms sweep only",
-                f"{h / s:.3f}x",
-                f"sweep every {interval_ms / 1000:.0f} s; join time of the rtc client included",
+        for label, index, note in (
+            ("learner join → status Active", 0, "join time of the rtc client included"),
+            ("learner leave → status Idle", 1, "from the rtc client's disconnect"),
+        ):
+            h, w = statistics.median(hooked[index]), statistics.median(swept[index])
+            self.rows.append(
+                Row(
+                    f"{label}, median of {samples}",
+                    f"{h * 1000:.0f} ms webhook",
+                    f"{w * 1000:.0f} ms sweep only",
+                    f"{h / w:.3f}x",
+                    f"sweep every {interval_ms / 1000:.0f} s (default 60 s); {note}",
+                )
             )
-        )
 
     def create_burst(self, ns: str, indexes: range) -> None:
         """Write objects ``obj-<i>`` as a burst: 8 writers at once, as a busy web backend would."""

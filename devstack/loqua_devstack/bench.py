@@ -371,11 +371,20 @@ class Bench:
 
     def create_burst(self, ns: str, indexes: range) -> None:
         """Write objects ``obj-<i>`` as a burst: 8 writers at once, as a busy web backend would."""
+        import threading
         from concurrent.futures import ThreadPoolExecutor
+
+        lock, written, t0 = threading.Lock(), [0], time.monotonic()
+        last = [t0]
 
         def one(i: int) -> None:
             # A long TTL: these rooms never see a learner and must not expire during the run.
             self.create(ns, f"obj-{i}", f"bench-calls-{ns}-{i}", ttlSeconds=86400)
+            with lock:
+                written[0] += 1
+                if time.monotonic() - last[0] >= 15:
+                    last[0] = time.monotonic()
+                    say(f"  {written[0]}/{len(indexes)} objects written after {last[0] - t0:.0f} s")
 
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(one, indexes))

@@ -81,11 +81,18 @@ def runs(pid: int | None, executable: str | None) -> bool:
         return False
     if not executable:
         return True
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return any(arg.decode(errors="replace") == executable for arg in cmdline[:3])
+    # Right after spawn() returns, the child may still be inside execve: its cmdline reads empty
+    # for a moment (seen about once in 100 starts). Look again briefly before saying "not ours".
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        if cmdline or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    return any(arg.decode(errors="replace") == executable for arg in cmdline.split(b"\0")[:3])
 
 
 def stop(pid: int | None, timeout: float = 10.0, executable: str | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +41,14 @@ def stack_env() -> Iterator[dict[str, str]]:
 def stack(stack_env: dict[str, str]) -> Stack:
     """The running stack, for tests that stop and start one part (fault tests)."""
     return Stack(devstack_dir())
+
+
+@pytest.fixture(scope="session")
+def logs_dir(stack_env: dict[str, str]) -> Path:
+    """Where processes a test starts write their logs: .devstack/logs/tests/."""
+    path = Path(stack_env["DEVSTACK_DIR"]) / "logs" / "tests"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from livekit import api
 
 from loqua_devstack.learner import Learner
 from loqua_devstack.services import ServiceProcess, kubectl_env, operator_process, wait_for
-from loqua_devstack.stack import Stack, devstack_dir
+from loqua_devstack.stack import Stack, devstack_dir, quiet_dev_secret_warning
 
 GROUP, VERSION, PLURAL = "agents.loqua.app", "v1alpha1", "agentdispatches"
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,7 +149,7 @@ class Bench:
     def metric(self, proc: ServiceProcess, name: str) -> float:
         import urllib.request
 
-        text = urllib.request.urlopen(proc.metrics_url, timeout=5).read().decode()  # type: ignore[attr-defined]
+        text = urllib.request.urlopen(proc.metrics_url, timeout=5).read().decode()
         for line in text.splitlines():
             if line.startswith(name + " "):
                 return float(line.rsplit(" ", 1)[1])
@@ -583,7 +582,7 @@ def table(rows: list[Row]) -> str:
 
 
 async def main_async(quick: bool, only: list[str]) -> str:
-    warnings.filterwarnings("ignore", message="The HMAC key is")
+    quiet_dev_secret_warning()
     stack = Stack(devstack_dir())
     started = not stack.any_running()
     env = stack.up()

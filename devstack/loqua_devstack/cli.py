@@ -7,10 +7,9 @@ import asyncio
 import json
 import shlex
 import sys
-import warnings
 
 from loqua_devstack import binaries
-from loqua_devstack.stack import ALL_PARTS, Stack, devstack_dir
+from loqua_devstack.stack import ALL_PARTS, Stack, devstack_dir, quiet_dev_secret_warning
 
 DESCRIPTION = """\
 Local stack of real components for the Loqua agents: etcd + kube-apiserver (+ kube-controller-manager),
@@ -113,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError("the stack is not up: run `make up` (or `loqua-dev up`) first")
             from loqua_devstack.learner import visit
 
-            # The stack's dev API secret ("secret") is shorter than PyJWT would like; it is the dev stack's.
-            warnings.filterwarnings("ignore", message="The HMAC key is")
+            quiet_dev_secret_warning()
 
             try:
                 return 0 if asyncio.run(visit(stack.env(), args.room, args.seconds, args.name)) else 4

@@ -11,7 +11,6 @@ import json
 import sys
 import time
 import uuid
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from livekit import api
 
 from loqua_devstack.learner import Learner, create_user, session_records
 from loqua_devstack.services import ServiceProcess, kubectl, operator_process, tutor_process
-from loqua_devstack.stack import Stack, devstack_dir
+from loqua_devstack.stack import Stack, devstack_dir, quiet_dev_secret_warning
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "deploy" / "crds"
@@ -145,8 +144,7 @@ def get_status(env: dict[str, str], name: str) -> dict:
 
 
 def main() -> int:
-    # livekit-server --dev's secret is 6 bytes; PyJWT warns about it on every signing. Dev only.
-    warnings.filterwarnings("ignore", message="The HMAC key is")
+    quiet_dev_secret_warning()
     tl = Timeline()
     stack = Stack(devstack_dir())
     started_stack = not stack.any_running()

@@ -16,14 +16,23 @@ from loqua_devstack import processes
 
 
 class ServiceProcess:
-    """One child process with a log file and an HTTP health probe."""
+    """One child process with a log file, an HTTP health probe and (optionally) a metrics URL."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_file: Path, health_url: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        env: dict[str, str],
+        log_file: Path,
+        health_url: str,
+        metrics_url: str = "",
+    ) -> None:
         self.name = name
         self.cmd = cmd
         self.env = env
         self.log_file = log_file
         self.health_url = health_url
+        self.metrics_url = metrics_url
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceProcess:
@@ -102,32 +111,34 @@ def _console_script(name: str) -> str:
     return found
 
 
+def _console_process(
+    script: str, args: list[str], settings: dict[str, str], extra_env: dict[str, str] | None, log_file: Path
+) -> ServiceProcess:
+    """``script args`` with this environment plus ``settings`` and ``extra_env``, on a free metrics
+    port whose ``/healthz`` is the health probe."""
+    metrics_port = processes.free_port()
+    env = {**os.environ, **settings, "METRICS_PORT": str(metrics_port), "REGION": "devstack", **(extra_env or {})}
+    base = f"http://127.0.0.1:{metrics_port}"
+    return ServiceProcess(script, [_console_script(script), *args], env, log_file, f"{base}/healthz", f"{base}/metrics")
+
+
 def operator_process(
     stack_env: dict[str, str],
     log_file: Path,
     namespaces: list[str] | tuple[str, ...] = (),
     extra_env: dict[str, str] | None = None,
 ) -> ServiceProcess:
-    metrics_port = processes.free_port()
-    env = dict(os.environ)
-    env.update(
-        {
-            "KUBECONFIG": stack_env["KUBECONFIG"],
-            "LIVEKIT_URL": stack_env["LIVEKIT_URL"],
-            "LIVEKIT_API_KEY": stack_env["LIVEKIT_API_KEY"],
-            "LIVEKIT_API_SECRET": stack_env["LIVEKIT_API_SECRET"],
-            "METRICS_PORT": str(metrics_port),
-            "WEBHOOK_PORT": stack_env.get("WEBHOOK_PORT", "0"),
-            "REGION": "devstack",
-        }
-    )
-    env.update(extra_env or {})
-    cmd = [_console_script("loqua-operator"), "run"]
+    args = ["run"]
     for ns in namespaces:
-        cmd += ["--namespace", ns]
-    proc = ServiceProcess("loqua-operator", cmd, env, log_file, f"http://127.0.0.1:{metrics_port}/healthz")
-    proc.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"  # type: ignore[attr-defined]
-    return proc
+        args += ["--namespace", ns]
+    settings = {
+        "KUBECONFIG": stack_env["KUBECONFIG"],
+        "LIVEKIT_URL": stack_env["LIVEKIT_URL"],
+        "LIVEKIT_API_KEY": stack_env["LIVEKIT_API_KEY"],
+        "LIVEKIT_API_SECRET": stack_env["LIVEKIT_API_SECRET"],
+        "WEBHOOK_PORT": stack_env.get("WEBHOOK_PORT", "0"),
+    }
+    return _console_process("loqua-operator", args, settings, extra_env, log_file)
 
 
 def tutor_process(
@@ -137,35 +148,20 @@ def tutor_process(
     extra_env: dict[str, str] | None = None,
 ) -> ServiceProcess:
     """`loqua-tutor start` against the stack; healthy ("ok" on /healthz) once registered with LiveKit."""
-    metrics_port = processes.free_port()
-    env = dict(os.environ)
-    env.update(
-        {
-            "LIVEKIT_URL": stack_env["LIVEKIT_URL"],
-            "LIVEKIT_API_KEY": stack_env["LIVEKIT_API_KEY"],
-            "LIVEKIT_API_SECRET": stack_env["LIVEKIT_API_SECRET"],
-            "API_BASE_URL": stack_env["LOQUA_API_URL"],
-            "AGENT_JWT_TOKEN": stack_env["AGENT_JWT_TOKEN"],
-            "AGENT_ID": stack_env["AGENT_ID"],
-            "SHARED_SECRET": stack_env["SHARED_SECRET"],
-            "SHARED_SECRET_PAD_BYTE": stack_env.get("SHARED_SECRET_PAD_BYTE", "0x00"),
-            "AGENT_NAME": agent_name,
-            "METRICS_PORT": str(metrics_port),
-            "HEALTH_PORT": "0",
-            "HTTP_HOST": "127.0.0.1",
-            "REGION": "devstack",
-        }
-    )
-    env.update(extra_env or {})
-    proc = ServiceProcess(
-        "loqua-tutor",
-        [_console_script("loqua-tutor"), "start"],
-        env,
-        log_file,
-        f"http://127.0.0.1:{metrics_port}/healthz",
-    )
-    proc.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"  # type: ignore[attr-defined]
-    return proc
+    settings = {
+        "LIVEKIT_URL": stack_env["LIVEKIT_URL"],
+        "LIVEKIT_API_KEY": stack_env["LIVEKIT_API_KEY"],
+        "LIVEKIT_API_SECRET": stack_env["LIVEKIT_API_SECRET"],
+        "API_BASE_URL": stack_env["LOQUA_API_URL"],
+        "AGENT_JWT_TOKEN": stack_env["AGENT_JWT_TOKEN"],
+        "AGENT_ID": stack_env["AGENT_ID"],
+        "SHARED_SECRET": stack_env["SHARED_SECRET"],
+        "SHARED_SECRET_PAD_BYTE": stack_env.get("SHARED_SECRET_PAD_BYTE", "0x00"),
+        "AGENT_NAME": agent_name,
+        "HEALTH_PORT": "0",
+        "HTTP_HOST": "127.0.0.1",
+    }
+    return _console_process("loqua-tutor", ["start"], settings, extra_env, log_file)
 
 
 def kubectl_env(env: dict[str, str]) -> dict[str, str]:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,11 @@ EXPLORE_AGENT_NAME = "spanish-tutor"
 DEFAULT_AGENT_ID = "loqua-dev-tutor"
 LIVEKIT_API_KEY = "devkey"
 LIVEKIT_API_SECRET = "secret"  # what `livekit-server --dev` uses; dev only, never in production
+
+
+def quiet_dev_secret_warning() -> None:
+    """PyJWT warns on every signing that LIVEKIT_API_SECRET (6 bytes) is short: true, and dev only."""
+    warnings.filterwarnings("ignore", message="The HMAC key is")
 
 
 def devstack_dir() -> Path:

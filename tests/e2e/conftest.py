@@ -4,11 +4,15 @@ admin endpoints, and the worker's own /metrics."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import signal
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,13 +28,6 @@ PARTICIPANT_WAIT_TIMEOUT = 8  # seconds: the "learner never joins" test waits th
 PROGRESS_INTERVAL = 2  # seconds between progress updates
 
 
-@pytest.fixture(scope="session")
-def e2e_logs_dir(stack_env: dict[str, str]) -> Path:
-    path = Path(stack_env["DEVSTACK_DIR"]) / "logs" / "tests"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 @pytest.fixture(scope="module")
 def tutor_agent_name() -> str:
     """A unique explicit-dispatch name: other people's workers on the shared stack never get our jobs."""
@@ -38,11 +35,11 @@ def tutor_agent_name() -> str:
 
 
 @pytest.fixture(scope="module")
-def tutor_worker(stack_env: dict[str, str], e2e_logs_dir: Path, tutor_agent_name: str) -> Iterator[ServiceProcess]:
+def tutor_worker(stack_env: dict[str, str], logs_dir: Path, tutor_agent_name: str) -> Iterator[ServiceProcess]:
     """`loqua-tutor start`, registered with livekit-server; SIGTERM at the end must stop it cleanly."""
     proc = tutor_process(
         stack_env,
-        e2e_logs_dir / f"tutor-{tutor_agent_name}.log",
+        logs_dir / f"tutor-{tutor_agent_name}.log",
         agent_name=tutor_agent_name,
         extra_env={
             "JOB_EXECUTOR": EXECUTOR,
@@ -91,6 +88,21 @@ async def admin(stack_env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+async def until(check: Callable[[], Any], what: str, timeout: float, interval: float = 0.25) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+        await asyncio.sleep(interval)
+
+
 class WorkerMetrics:
     """Reads the worker's Prometheus exposition (job-process series are merged in by the worker)."""
 
@@ -116,4 +128,4 @@ class WorkerMetrics:
 
 @pytest.fixture(scope="module")
 def worker_metrics(tutor_worker: ServiceProcess) -> WorkerMetrics:
-    return WorkerMetrics(tutor_worker.metrics_url)  # type: ignore[attr-defined]
+    return WorkerMetrics(tutor_worker.metrics_url)

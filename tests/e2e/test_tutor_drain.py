@@ -22,29 +22,17 @@ from livekit import api
 
 from loqua_devstack.learner import Learner
 from loqua_devstack.services import tutor_process
+from tests.e2e.conftest import WorkerMetrics, until
 
 pytestmark = pytest.mark.e2e
 
 
-async def until(check, what: str, timeout: float):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def job_metric(url: str, name: str) -> float:
-    text = httpx.get(url, timeout=5).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.split("{")[0].split(" ")[0] == name)
-
-
 @pytest.mark.parametrize("executor", ["process", "thread"])
-async def test_group_sigterm_drains_the_running_session(stack_env: dict[str, str], executor: str) -> None:
+async def test_group_sigterm_drains_the_running_session(
+    stack_env: dict[str, str], logs_dir: Path, lk: api.LiveKitAPI, admin: httpx.AsyncClient, executor: str
+) -> None:
     agent_name = f"drain-{executor}-{uuid.uuid4().hex[:6]}"
-    log_file = Path(stack_env["DEVSTACK_DIR"]) / "logs" / "tests" / f"tutor-{agent_name}.log"
+    log_file = logs_dir / f"tutor-{agent_name}.log"
     worker = tutor_process(
         stack_env,
         log_file,
@@ -57,16 +45,11 @@ async def test_group_sigterm_drains_the_running_session(stack_env: dict[str, str
             "LOG_FORMAT": "text",
         },
     ).start()
-    lk = api.LiveKitAPI(stack_env["LIVEKIT_URL"], stack_env["LIVEKIT_API_KEY"], stack_env["LIVEKIT_API_SECRET"])
-    admin = httpx.Client(
-        base_url=stack_env["LOQUA_API_URL"],
-        timeout=10,
-        headers={"Authorization": f"Bearer {stack_env['LOQUA_ADMIN_TOKEN']}"},
-    )
     learner: Learner | None = None
     try:
         worker.wait_healthy(timeout=90, body="ok")
-        uid = admin.post("/admin/users", json={"email": "drain@example.com", "display_name": "Drain"}).json()["user_id"]
+        user = await admin.post("/admin/users", json={"email": "drain@example.com", "display_name": "Drain"})
+        uid = user.json()["user_id"]
         room = f"drain-room-{uuid.uuid4().hex[:8]}"
         await lk.room.create_room(api.CreateRoomRequest(name=room, empty_timeout=600, departure_timeout=120))
         await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name=agent_name, room=room))
@@ -76,18 +59,21 @@ async def test_group_sigterm_drains_the_running_session(stack_env: dict[str, str
         await until(lambda: agent.attributes.get("loqua.status") == "active", "the session to start", 60)
 
         # The job's own metrics reach the worker's /metrics (the forkserver got the metrics directory).
-        await until(lambda: job_metric(worker.metrics_url, "loqua_tutor_sessions_started_total") >= 1, "metrics", 10)
+        metrics = WorkerMetrics(worker.metrics_url)
+
+        async def session_counted() -> bool:
+            return await metrics.value("loqua_tutor_sessions_started_total") >= 1
+
+        await until(session_counted, "metrics", 10)
 
         worker.signal(signal.SIGTERM)  # the whole process group, job processes and forkserver included
         assert worker.proc is not None
         code = await asyncio.to_thread(worker.proc.wait, 90)
 
-        records = admin.get(f"/admin/users/{uid}/records").json()
+        records = (await admin.get(f"/admin/users/{uid}/records")).json()
     finally:
         if learner is not None:
             await learner.leave()
-        await lk.aclose()
-        admin.close()
         worker.stop(timeout=30)
     log = worker.log_text()
     assert code == 0, f"loqua-tutor exited with {code} after a group SIGTERM; see {log_file}"

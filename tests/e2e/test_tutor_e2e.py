@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import re
 import secrets
@@ -36,7 +35,7 @@ from livekit import api, rtc
 from loqua_devstack.learner import Learner
 from loqua_devstack.loqua_api.tokens import mint_user_token
 from loqua_devstack.services import ServiceProcess
-from tests.e2e.conftest import EXECUTOR, PARTICIPANT_WAIT_TIMEOUT, PROGRESS_INTERVAL, WorkerMetrics
+from tests.e2e.conftest import EXECUTOR, PARTICIPANT_WAIT_TIMEOUT, PROGRESS_INTERVAL, WorkerMetrics, until
 from tests.integration.conftest import live_dispatches
 
 pytestmark = pytest.mark.e2e
@@ -51,21 +50,6 @@ API_TIMEOUT = 30.0
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
-
-
-async def until(check: Callable[[], Any], what: str, timeout: float, interval: float = 0.25) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = check()
-        if inspect.isawaitable(last):
-            last = await last
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
-        await asyncio.sleep(interval)
 
 
 def seed_session_id() -> str:

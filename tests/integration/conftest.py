@@ -50,13 +50,6 @@ def core(kube_client: kubernetes.client.ApiClient) -> kubernetes.client.CoreV1Ap
 
 
 @pytest.fixture(scope="session")
-def logs_dir(stack_env: dict[str, str]) -> Path:
-    path = Path(stack_env["DEVSTACK_DIR"]) / "logs" / "tests"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@pytest.fixture(scope="session")
 def operator(stack_env: dict[str, str], crd: None, logs_dir: Path) -> Iterator[ServiceProcess]:
     """One operator for the session, watching the ``lq-*`` namespaces."""
     proc = operator_process(

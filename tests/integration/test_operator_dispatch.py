@@ -42,7 +42,7 @@ def delete(custom: kubernetes.client.CustomObjectsApi, ns: str, name: str) -> No
 
 
 def metric(operator: ServiceProcess, name: str) -> float:
-    text = urllib.request.urlopen(operator.metrics_url, timeout=5).read().decode()  # type: ignore[attr-defined]
+    text = urllib.request.urlopen(operator.metrics_url, timeout=5).read().decode()
     total = 0.0
     for line in text.splitlines():
         if line.startswith(name) and not line.startswith("#"):

@@ -48,7 +48,7 @@ def phases(custom: kubernetes.client.CustomObjectsApi, ns: str) -> collections.C
 
 
 def is_leader(proc: ServiceProcess) -> bool:
-    text = urllib.request.urlopen(proc.metrics_url, timeout=5).read().decode()  # type: ignore[attr-defined]
+    text = urllib.request.urlopen(proc.metrics_url, timeout=5).read().decode()
     return any(line.startswith("loqua_operator_leader ") and line.endswith(" 1.0") for line in text.splitlines())
 
 

@@ -8,7 +8,7 @@ import json
 import shlex
 import sys
 
-from loqua_devstack import binaries
+from loqua_devstack import binaries, debian
 from loqua_devstack.stack import ALL_PARTS, Stack, devstack_dir, quiet_dev_secret_warning
 
 DESCRIPTION = """\
@@ -34,7 +34,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="loqua-dev", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    b = sub.add_parser("build", help="build (or reuse) the pinned Go binaries")
+    b = sub.add_parser(
+        "build",
+        help="build (or reuse) the pinned Go binaries; install the Debian packages the tests need (apt-get)",
+    )
     b.add_argument("names", nargs="*", metavar="NAME", help=f"only these ({', '.join(binaries.BINARIES)})")
     b.add_argument("--force", action="store_true", help="rebuild even when cached")
     up = sub.add_parser("up", help="start every part (reuses a running stack) and write .devstack/env")
@@ -85,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             paths = binaries.ensure_all(args.names or None, force=args.force)
             for name, path in paths.items():
                 print(f"{name}: {path}")
+            if not args.names:
+                debian.ensure(log_dir=binaries.cache_dir() / "build-logs")
+                for group, (what, packages) in debian.GROUPS.items():
+                    print(f"debian {group}: {' '.join(packages)} ({what})")
         elif args.command == "up":
             stack.up(with_agents=args.with_agents)
             _print_status(stack)
@@ -124,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "start":
             stack.start_part(args.part)
             print(f"{args.part} started")
-    except (binaries.BuildError, RuntimeError, ValueError) as exc:
+    except (binaries.BuildError, debian.DebianError, RuntimeError, ValueError) as exc:
         print(f"loqua-dev {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return 0

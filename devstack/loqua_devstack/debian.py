@@ -1,0 +1,122 @@
+"""Debian packages the stack and the tests need, installed once with apt-get (one home for all of them).
+
+Groups name what a package is for, so a message can say why it is being installed. Only the standard
+library is used: this runs before any Python package is installed, like the Go builder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+# What each group is for -> its packages. Add a group rather than a second installer.
+GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "browser": ("headless Chromium for the learner page's browser tests", ("chromium", "chromium-driver")),
+}
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+class DebianError(RuntimeError):
+    """A package could not be installed; the message says which, why, and what to run by hand."""
+
+
+def _log(msg: str) -> None:
+    print(f"[loqua-dev debian] {msg}", file=sys.stderr, flush=True)
+
+
+def installed(package: str) -> bool:
+    """Whether dpkg lists ``package`` as installed."""
+    if not shutil.which("dpkg-query"):
+        return False
+    out = subprocess.run(
+        ["dpkg-query", "-W", "-f=${db:Status-Status}", package], capture_output=True, text=True, check=False
+    )
+    return out.returncode == 0 and out.stdout.strip() == "installed"
+
+
+def missing(groups: list[str] | None = None) -> list[str]:
+    """Packages of ``groups`` (default: all) that are not installed yet."""
+    wanted = [p for g in (groups or list(GROUPS)) for p in GROUPS[g][1]]
+    return [p for p in dict.fromkeys(wanted) if not installed(p)]
+
+
+@contextlib.contextmanager
+def _apt_lock() -> Iterator[None]:
+    """One of our installers at a time on this machine (apt's own lock would make the second fail)."""
+    lock_path = Path(os.environ.get("TMPDIR", "/tmp")) / "loqua-agents-apt.lock"
+    with lock_path.open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log("another install of Debian packages is running; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _apt(args: list[str], log_file: Path) -> None:
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    with log_file.open("a") as log:
+        log.write(f"\n$ apt-get {' '.join(args)}\n")
+        log.flush()
+        proc = subprocess.Popen(["apt-get", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        started = last = time.monotonic()
+        while proc.poll() is None:
+            time.sleep(1)
+            if time.monotonic() - last >= 30:
+                last = time.monotonic()
+                _log(f"  ... apt-get {args[0]} still running ({int(last - started)} s so far)")
+    if proc.returncode != 0:
+        tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-12:])
+        raise DebianError(f"`apt-get {' '.join(args)}` failed (exit {proc.returncode}); full log: {log_file}\n{tail}")
+
+
+def ensure(groups: list[str] | None = None, log_dir: Path | None = None) -> list[str]:
+    """Install the missing packages of ``groups`` (default: all); return what was installed."""
+    unknown = sorted(set(groups or []) - set(GROUPS))
+    if unknown:
+        raise DebianError(f"unknown package groups {unknown}; groups are: {', '.join(GROUPS)}")
+    todo = missing(groups)
+    if not todo:
+        return []
+    with _apt_lock():
+        todo = missing(groups)
+        if not todo:
+            return []
+        why = "; ".join(
+            f"{', '.join(p for p in pkgs if p in todo)}: {what}"
+            for what, pkgs in GROUPS.values()
+            if set(pkgs) & set(todo)
+        )
+        names = " ".join(todo)
+        if not shutil.which("apt-get"):
+            raise DebianError(f"apt-get is not available; install these Debian packages by hand: {names} ({why})")
+        if os.geteuid() != 0:
+            raise DebianError(f"installing Debian packages needs root; run: sudo apt-get install -y {names} ({why})")
+        log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_file = log_dir / "loqua-agents-apt.log"
+        _log(f"installing Debian packages {names} ({why}); first time only, a few minutes; log: {log_file}")
+        started = time.monotonic()
+        _apt(["update", "-q"], log_file)
+        _apt(["install", "-y", "-q", "--no-install-recommends", *todo], log_file)
+        still = missing(groups)
+        if still:
+            raise DebianError(f"apt-get finished but {' '.join(still)} is still not installed; see {log_file}")
+        _log(f"installed {names} in {time.monotonic() - started:.0f} s")
+        return todo
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m loqua_devstack.debian [GROUP...]`
+    try:
+        ensure(sys.argv[1:] or None)
+    except DebianError as exc:
+        _log(f"error: {exc}")
+        sys.exit(1)

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from loqua_devstack.services import ServiceProcess, operator_process
 from loqua_devstack.stack import Stack, devstack_dir
+
+LEARNERS_TTL_SECONDS = 15  # TTL of AgentDispatch objects made by /rooms/join in tests
 
 
 def _needs_stack(item: pytest.Item) -> bool:
@@ -55,3 +58,26 @@ def logs_dir(stack_env: dict[str, str]) -> Path:
 def unique_name() -> str:
     """A short name unique to one test, usable for rooms and namespaces."""
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def learners_operator(stack_env: dict[str, str], logs_dir: Path) -> Iterator[ServiceProcess]:
+    """An operator for the namespace where the reference API's /rooms/join puts AgentDispatch
+    objects (DISPATCH_NAMESPACE), with a short TTL. Webhooks off: the integration session's
+    operator may hold the stack's webhook port; the 2 s sweep observes the rooms instead."""
+    proc = operator_process(
+        stack_env,
+        logs_dir / "operator-learners.log",
+        namespaces=[stack_env["DISPATCH_NAMESPACE"]],
+        extra_env={
+            "LEASE_NAME": f"learners-operator-{uuid.uuid4().hex[:6]}",
+            "LEASE_NAMESPACE": "default",
+            "WEBHOOK_ENABLED": "false",
+            "CLEANUP_INTERVAL_MS": "2000",
+            "AGENT_TTL_SECONDS": str(LEARNERS_TTL_SECONDS),
+            "LOG_LEVEL": "DEBUG",
+        },
+    ).start()
+    proc.wait_healthy(timeout=60, body="ok")
+    yield proc
+    proc.stop()

@@ -7,8 +7,11 @@ import asyncio
 import json
 import shlex
 import sys
+import uuid
 
-from loqua_devstack import binaries, debian
+import httpx
+
+from loqua_devstack import binaries, debian, webpage
 from loqua_devstack.stack import ALL_PARTS, Stack, devstack_dir, quiet_dev_secret_warning
 
 DESCRIPTION = """\
@@ -24,6 +27,7 @@ The operator and a tutor worker (agent name spanish-tutor) are running. Try:
   set -a; . {env}; set +a
   kubectl apply -f deploy/examples/agentdispatch.yaml && kubectl get ad -w
   .venv/bin/loqua-dev learner lesson-4711 --seconds 30    # a learner joins the example's room
+  .venv/bin/loqua-dev web                                 # or open the learner page in a browser
   tail -f {logs}/operator.log {logs}/tutor.log
 Stop everything with: make down   (or: .venv/bin/loqua-dev down)
 """
@@ -67,6 +71,18 @@ def _parser() -> argparse.ArgumentParser:
     learner.add_argument("room", metavar="ROOM")
     learner.add_argument("--seconds", type=float, default=None, help="stay this long (default: until Ctrl+C)")
     learner.add_argument("--name", default="Ana", help="display name of the learner (default: Ana)")
+    web = sub.add_parser(
+        "web",
+        help="print a signed-in link to the learner page (a new Loqua user unless --user)",
+        description="The learner page (web/, livekit-client) is served by the stack's Loqua API under /learn/. "
+        "This creates a learner (or takes --user), asks the API for their sign-in token and prints the page's "
+        "address with it. The page joins ROOM through POST /api/v1/rooms/join, which ensures the room's "
+        "AgentDispatch; with `make up` a tutor (agent name spanish-tutor) joins within seconds.",
+    )
+    web.add_argument("--room", default=None, help="room to join (default: lesson-<random>)")
+    web.add_argument("--agent", default="spanish-tutor", help="agent name (default: spanish-tutor)")
+    web.add_argument("--user", default=None, help="an existing Loqua user id (default: create one)")
+    web.add_argument("--name", default="Ana", help="display name of a new learner (default: Ana)")
     api = sub.add_parser("api", help="run the reference Loqua API alone (see `loqua-dev api --help`)", add_help=False)
     api.add_argument("api_args", nargs=argparse.REMAINDER)
     return parser
@@ -92,10 +108,12 @@ def main(argv: list[str] | None = None) -> int:
                 debian.ensure(log_dir=binaries.cache_dir() / "build-logs")
                 for group, (what, packages) in debian.GROUPS.items():
                     print(f"debian {group}: {' '.join(packages)} ({what})")
+                print(f"learner page: {webpage.ensure_built()}")
         elif args.command == "up":
             stack.up(with_agents=args.with_agents)
             _print_status(stack)
             print(f"\nsettings: {stack.env_file}  (set -a; . {stack.env_file}; set +a)")
+            print(f"learner page: {stack.env()['LOQUA_WEB_URL']}  (a signed-in link: .venv/bin/loqua-dev web)")
             if args.with_agents:
                 print(EXPLORE_HINT.format(env=stack.env_file, logs=stack.root / "logs"))
         elif args.command == "down":
@@ -125,13 +143,23 @@ def main(argv: list[str] | None = None) -> int:
                 return 0 if asyncio.run(visit(stack.env(), args.room, args.seconds, args.name)) else 4
             except KeyboardInterrupt:
                 return 0
+        elif args.command == "web":
+            if not stack.is_up():
+                raise RuntimeError("the stack is not up: run `make up` (or `loqua-dev up`) first")
+            from loqua_devstack.learner import create_user, page_url, sign_in_token
+
+            env = stack.env()
+            user_id = args.user or create_user(env, args.name)["user_id"]
+            room = args.room or f"lesson-{uuid.uuid4().hex[:8]}"
+            print(f"learner {user_id}, room {room}, agent {args.agent}; open (signed in):")
+            print(page_url(env, sign_in_token(env, user_id), room, args.agent))
         elif args.command == "stop":
             stack.stop_part(args.part)
             print(f"{args.part} stopped")
         elif args.command == "start":
             stack.start_part(args.part)
             print(f"{args.part} started")
-    except (binaries.BuildError, debian.DebianError, RuntimeError, ValueError) as exc:
+    except (binaries.BuildError, debian.DebianError, RuntimeError, ValueError, httpx.HTTPError) as exc:
         print(f"loqua-dev {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return 0

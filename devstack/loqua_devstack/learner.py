@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 import uuid
 
 import httpx
@@ -72,6 +73,24 @@ def create_user(env: dict[str, str], display_name: str = "Ana") -> dict:
     )
     resp.raise_for_status()
     return resp.json()
+
+
+def sign_in_token(env: dict[str, str], user_id: str) -> str:
+    """The learner's sign-in JWT from the reference API (what a real backend's login hands out)."""
+    resp = httpx.post(
+        f"{env['LOQUA_API_URL']}/admin/users/{user_id}/token",
+        timeout=10,
+        headers={"Authorization": f"Bearer {env['LOQUA_ADMIN_TOKEN']}"},
+    )
+    resp.raise_for_status()
+    return str(resp.json()["token"])
+
+
+def page_url(env: dict[str, str], token: str, room: str, agent_name: str) -> str:
+    """The learner page's address, signed in: the token rides in the fragment (never sent to a
+    server, removed from the address bar by the page, kept in the tab's sessionStorage)."""
+    query = urllib.parse.urlencode({"room": room, "agent": agent_name})
+    return f"{env['LOQUA_WEB_URL']}?{query}#token={token}"
 
 
 def session_records(env: dict[str, str], user_id: str) -> dict | None:

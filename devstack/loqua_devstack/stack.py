@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from loqua_devstack import binaries, processes
+from loqua_devstack import binaries, processes, webpage
 from loqua_devstack.pki import ControlPlanePki, ensure_pki
 
 PARTS = ("etcd", "kube-apiserver", "kube-controller-manager", "livekit", "loqua-api")
@@ -30,6 +30,13 @@ AGENT_PARTS = ("operator", "tutor")
 ALL_PARTS = PARTS + AGENT_PARTS
 EXPLORE_AGENT_NAME = "spanish-tutor"
 DEFAULT_AGENT_ID = "loqua-dev-tutor"
+# The reference API's own Kubernetes identity (the chart's optional web-backend RBAC, rendered from
+# the chart itself): AgentDispatch objects of learners' rooms live in this namespace.
+DISPATCH_NAMESPACE = "loqua-learners"
+WEB_BACKEND_SA = "loqua-api"
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "loqua-agents"
+CRD_DIR = ROOT / "deploy" / "crds"
 LIVEKIT_API_KEY = "devkey"
 LIVEKIT_API_SECRET = "secret"  # what `livekit-server --dev` uses; dev only, never in production
 
@@ -63,6 +70,11 @@ class Stack:
     @property
     def kubeconfig(self) -> Path:
         return self.root / "kubeconfig"
+
+    @property
+    def web_backend_kubeconfig(self) -> Path:
+        """The reference API's kubeconfig: a ServiceAccount token, not the admin certificate."""
+        return self.root / "loqua-api.kubeconfig"
 
     def log_file(self, part: str) -> Path:
         return self.root / "logs" / f"{part}.log"
@@ -215,20 +227,29 @@ class Stack:
             lambda: processes.http_ok(f"http://127.0.0.1:{p['livekit']}/"),
         )
         sec = state["secrets"]
+        api_cmd = [
+            sys.executable,
+            "-m",
+            "loqua_devstack.loqua_api",
+            "--host=127.0.0.1",
+            f"--port={p['loqua_api']}",
+            f"--db={self.root / 'loqua-api.sqlite'}",
+        ]
+        if webpage.is_built():
+            api_cmd.append(f"--web-root={webpage.built_dir()}")
         specs["loqua-api"] = (
-            [
-                sys.executable,
-                "-m",
-                "loqua_devstack.loqua_api",
-                "--host=127.0.0.1",
-                f"--port={p['loqua_api']}",
-                f"--db={self.root / 'loqua-api.sqlite'}",
-            ],
+            api_cmd,
             {
                 "LOQUA_JWT_SECRET": sec["loqua_jwt_secret"],
                 "SHARED_SECRET": sec["shared_secret"],
                 "SHARED_SECRET_PAD_BYTE": "0x00",
                 "LOQUA_ADMIN_TOKEN": sec["admin_token"],
+                # The learner routes: LiveKit for tokens, its own least-privilege Kubernetes identity.
+                "LIVEKIT_URL": f"ws://127.0.0.1:{p['livekit']}",
+                "LIVEKIT_API_KEY": LIVEKIT_API_KEY,
+                "LIVEKIT_API_SECRET": LIVEKIT_API_SECRET,
+                "KUBECONFIG": str(self.web_backend_kubeconfig),
+                "DISPATCH_NAMESPACE": DISPATCH_NAMESPACE,
             },
             lambda: processes.http_ok(f"http://127.0.0.1:{p['loqua_api']}/healthz"),
         )
@@ -317,6 +338,69 @@ class Stack:
         )
         self.kubeconfig.chmod(0o600)
 
+    def _provision_web_backend(self, state: dict) -> None:
+        """The CRD, the learners' namespace, the chart's web-backend RBAC (rendered from the chart:
+        one source of those rules) and a token for its ServiceAccount, in the API's own kubeconfig."""
+        from loqua_devstack.services import kubectl
+
+        admin = {"KUBECONFIG": str(self.kubeconfig)}
+        kubectl(admin, "apply", "-f", str(CRD_DIR))
+        kubectl(admin, "create", "namespace", DISPATCH_NAMESPACE, check=False)
+        helm_home = self.root / "helm-home"
+        rendered = subprocess.run(
+            [
+                str(binaries.path_of("helm")),
+                "template",
+                "devstack",
+                str(CHART),
+                "--namespace",
+                DISPATCH_NAMESPACE,
+                "--kube-version",
+                binaries.KUBERNETES_VERSION,
+                "--show-only",
+                "templates/web-backend-rbac.yaml",
+                "--set",
+                "webBackend.enabled=true",
+                "--set",
+                f"webBackend.serviceAccount.name={WEB_BACKEND_SA}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, HELM_CACHE_HOME=str(helm_home), HELM_CONFIG_HOME=str(helm_home)),
+        )
+        if rendered.returncode != 0:
+            raise RuntimeError(f"helm template of the web-backend RBAC failed: {rendered.stderr.strip()}")
+        kubectl(admin, "apply", "-f", "-", input_=rendered.stdout)
+        token = kubectl(admin, "create", "token", WEB_BACKEND_SA, "-n", DISPATCH_NAMESPACE, "--duration=720h").strip()
+        pki = self._pki()
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "devstack",
+                    "cluster": {
+                        "server": f"https://127.0.0.1:{state['ports']['apiserver']}",
+                        "certificate-authority-data": base64.b64encode(pki.ca_cert.read_bytes()).decode(),
+                    },
+                }
+            ],
+            "users": [{"name": WEB_BACKEND_SA, "user": {"token": token}}],
+            "contexts": [
+                {
+                    "name": "web-backend",
+                    "context": {"cluster": "devstack", "user": WEB_BACKEND_SA, "namespace": DISPATCH_NAMESPACE},
+                }
+            ],
+            "current-context": "web-backend",
+        }
+        path = self.web_backend_kubeconfig
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(config, indent=2))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+
     def env(self, state: dict | None = None) -> dict[str, str]:
         """The connection settings written to ``.devstack/env``."""
         state = state or self.load()
@@ -338,6 +422,8 @@ class Stack:
             "LIVEKIT_API_SECRET": LIVEKIT_API_SECRET,
             "LOQUA_API_URL": loqua_url,
             "API_BASE_URL": loqua_url,
+            "LOQUA_WEB_URL": f"{loqua_url}/learn/",
+            "DISPATCH_NAMESPACE": DISPATCH_NAMESPACE,
             "LOQUA_ADMIN_TOKEN": sec["admin_token"],
             "LOQUA_JWT_SECRET": sec["loqua_jwt_secret"],
             "AGENT_JWT_TOKEN": agent_token,
@@ -373,6 +459,8 @@ class Stack:
             raise RuntimeError("the stack was never started here: run `loqua-dev up` first")
         if self._running(state, part):
             return
+        if part == "loqua-api":
+            self._provision_web_backend(state)
         cmd, extra_env, ready = self._part_specs(state)[part]
         log = self.log_file(part)
         env = dict(os.environ, **extra_env)
@@ -398,6 +486,7 @@ class Stack:
         """Start every part that is not running (reusing a running stack) and write the env file;
         ``with_agents`` also installs the CRD and starts the operator and a tutor worker."""
         binaries.ensure_all()
+        webpage.ensure_built()
         self.root.mkdir(parents=True, exist_ok=True)
         state = self._init_state()
         self._pki()
@@ -406,14 +495,7 @@ class Stack:
         for part in self._available_parts():
             self.start_part(part, state)
         self._write_env(state)
-        if with_agents:
-            crds = Path(__file__).resolve().parents[2] / "deploy" / "crds"
-            subprocess.run(
-                ["kubectl", "apply", "-f", str(crds)],
-                check=True,
-                capture_output=True,
-                env=dict(os.environ, KUBECONFIG=str(self.kubeconfig)),
-            )
+        if with_agents:  # (the CRD is installed with the loqua-api part)
             for part in AGENT_PARTS:
                 self.start_part(part, self.load())
         _say(f"stack up in {time.monotonic() - started:.1f} s; settings in {self.env_file}")

@@ -86,6 +86,8 @@ def installed(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
             "--wait=false",
             "-f",
             str(EU_WEST),
+            "--set",
+            "webBackend.enabled=true",
             env=env,
         )
         manifest = helm.run("get", "manifest", release, "--namespace", namespace, env=env).stdout
@@ -316,6 +318,35 @@ def test_workers_may_do_nothing(installed: Installed, verb: str, resource: str, 
         )
     )
     assert sa["automountServiceAccountToken"] is False
+
+
+WEB_BACKEND_MAY = [("create", AD), ("get", AD), ("patch", AD), ("watch", AD)]
+WEB_BACKEND_MAY_NOT = [
+    ("list", AD, "own", ""),
+    ("delete", AD, "own", ""),
+    ("update", AD, "own", ""),
+    ("deletecollection", AD, "own", ""),
+    ("patch", AD, "own", "status"),
+    ("update", AD, "own", "status"),
+    ("create", AD, "default", ""),
+    ("get", AD, "cluster", ""),
+    ("get", "secrets", "own", ""),
+    ("create", "pods", "own", ""),
+    ("create", "serviceaccounts/token", "own", ""),
+    ("list", "namespaces", "cluster", ""),
+    ("create", "leases.coordination.k8s.io", "own", ""),
+    ("*", "*", "cluster", ""),
+]
+
+
+@pytest.mark.parametrize(("verb", "resource"), WEB_BACKEND_MAY, ids=lambda v: str(v))
+def test_web_backend_may_ensure_and_watch_dispatches(installed: Installed, verb: str, resource: str) -> None:
+    assert _can_i(installed, installed.sa("web-backend"), verb, resource, "own")
+
+
+@pytest.mark.parametrize(("verb", "resource", "scope", "sub"), WEB_BACKEND_MAY_NOT, ids=lambda v: str(v))
+def test_web_backend_may_not(installed: Installed, verb: str, resource: str, scope: str, sub: str) -> None:
+    assert not _can_i(installed, installed.sa("web-backend"), verb, resource, scope, sub)
 
 
 def test_operator_role_bindings_are_the_charts_only(installed: Installed) -> None:

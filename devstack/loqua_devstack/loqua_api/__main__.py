@@ -12,6 +12,7 @@ from aiohttp import web
 
 from loqua_devstack.loqua_api.app import create_app
 from loqua_devstack.loqua_api.config import ConfigError, load_config
+from loqua_devstack.stack import quiet_dev_secret_warning
 
 EPILOG = """\
 environment:
@@ -24,9 +25,20 @@ environment:
                            0x.. hex or one ASCII character (default 0x00)
   USER_TOKEN_TTL_SECONDS   lifetime of issued user tokens, = expires_in (default 3600)
 
+  The learner routes (/api/v1/rooms/...) need, else they answer 503 ROOMS_NOT_CONFIGURED:
+  LIVEKIT_URL              the LiveKit URL handed to learners (ws:// or wss://)
+  LIVEKIT_API_KEY, LIVEKIT_API_SECRET   sign the learners' LiveKit tokens
+  KUBECONFIG               the API's own least-privilege credentials (default: in-cluster ServiceAccount)
+  DISPATCH_NAMESPACE       namespace of the AgentDispatch objects (default "default")
+  JOIN_DISPATCH_WAIT_SECONDS   how long a join waits for the operator to bind the dispatch (default 10)
+  DISPATCH_TTL_SECONDS     spec.ttlSeconds of created objects (default: unset, the operator's AGENT_TTL_SECONDS)
+  LIVEKIT_TOKEN_TTL_SECONDS    lifetime of learner LiveKit tokens (default 21600)
+
 Endpoints: POST /api/v1/agent/user-token (agent JWT); POST /api/v1/agent/progress,
-POST /api/v1/agent/sessions, GET /api/v1/agent/user/{user_id}/context, POST /api/v1/agent/health
-(user JWT); /admin/users, /admin/users/{id}/records, /admin/faults (admin token); GET /healthz.
+POST /api/v1/agent/sessions, GET /api/v1/agent/user/{user_id}/context, POST /api/v1/agent/health,
+POST /api/v1/rooms/join, GET /api/v1/rooms/{room}/agent (user JWT); /admin/users,
+/admin/users/{id}/token, /admin/users/{id}/records, /admin/faults (admin token); GET /healthz;
+the learner page under /learn/ with --web-root.
 See docs/loqua-api.md.
 """
 
@@ -41,13 +53,15 @@ def _port(value: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loqua-dev api" if Path(sys.argv[0]).name == "loqua-dev" else "python -m loqua_devstack.loqua_api",
-        description="Reference Loqua API: the agent endpoints of seed 003 over SQLite, for the local stack.",
+        description="Reference Loqua API: the agent endpoints of seed 003 and the learner's /rooms routes "
+        "over SQLite, for the local stack.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind, only this one (default 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=8088, help="TCP port (default 8088)")
     parser.add_argument("--db", type=Path, required=True, help="SQLite file (created when missing)")
+    parser.add_argument("--web-root", type=Path, default=None, help="built learner page to serve under /learn/")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
 
@@ -62,9 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
     )
+    quiet_dev_secret_warning()  # livekit --dev's 6-byte secret signs learner tokens here
     log = logging.getLogger("loqua_api")
     log.info("listening on http://%s:%d (db %s)", args.host, args.port, args.db)
-    web.run_app(create_app(config), host=args.host, port=args.port, access_log=None, print=None)
+    if args.web_root is not None and not (args.web_root / "index.html").is_file():
+        print(f"loqua-api: error: --web-root {args.web_root} has no index.html (loqua-dev build)", file=sys.stderr)
+        return 2
+    web.run_app(create_app(config, args.web_root), host=args.host, port=args.port, access_log=None, print=None)
     return 0
 
 

@@ -12,8 +12,9 @@ from loqua_devstack.loqua_api import auth
 from loqua_devstack.loqua_api import validation as v
 from loqua_devstack.loqua_api.db import UserExistsError
 from loqua_devstack.loqua_api.errors import ApiError
-from loqua_devstack.loqua_api.keys import FAULTS, STORE
+from loqua_devstack.loqua_api.keys import CONFIG, FAULTS, STORE
 from loqua_devstack.loqua_api.timeutil import now_iso
+from loqua_devstack.loqua_api.tokens import mint_learner_token
 
 LEARNING_PACES = ("slow", "moderate", "fast")
 DEFAULT_PREFERENCES: dict[str, Any] = {
@@ -83,6 +84,21 @@ async def _user_or_404(request: web.Request) -> dict[str, Any]:
 async def get_user(request: web.Request) -> web.Response:
     auth.require_admin(request)
     return web.json_response(await _user_or_404(request))
+
+
+@routes.post("/admin/users/{user_id}/token")
+async def sign_in_token(request: web.Request) -> web.Response:
+    """The user's sign-in JWT (role ``user``), as a real backend's login would issue it: the learner
+    page holds it and calls /api/v1/rooms/join with it. Body (optional): ``{"expires_in": seconds}``."""
+    auth.require_admin(request)
+    user = await _user_or_404(request)
+    body = v.parse_object(await request.read())
+    v.no_unknown_keys(body, ("expires_in",), where="the token request")
+    config = request.app[CONFIG]
+    ttl = v.number(body, "expires_in", minimum=60, maximum=30 * 24 * 3600, integer=True)
+    ttl = int(ttl or config.user_token_ttl_seconds)
+    token = mint_learner_token(config.jwt_secret, user["user_id"], ttl)
+    return web.json_response({"token": token, "token_type": "Bearer", "expires_in": ttl, "user_id": user["user_id"]})
 
 
 @routes.get("/admin/users/{user_id}/records")

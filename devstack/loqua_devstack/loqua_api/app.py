@@ -6,16 +6,18 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from loqua_devstack.loqua_api import admin, routes
+from loqua_devstack.loqua_api import admin, rooms, routes
 from loqua_devstack.loqua_api.config import ApiConfig
 from loqua_devstack.loqua_api.db import Store
+from loqua_devstack.loqua_api.dispatches import Dispatches
 from loqua_devstack.loqua_api.errors import ApiError, error_response, status_code_name
 from loqua_devstack.loqua_api.faults import FaultInjector
-from loqua_devstack.loqua_api.keys import CONFIG, FAULTS, STORE
+from loqua_devstack.loqua_api.keys import CONFIG, DISPATCHES, FAULTS, STORE
 
 log = logging.getLogger("loqua_api")
 
@@ -69,8 +71,9 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def create_app(config: ApiConfig) -> web.Application:
-    """The API over the SQLite file ``config.db_path`` (opened on startup, closed on cleanup)."""
+def create_app(config: ApiConfig, web_root: Path | None = None) -> web.Application:
+    """The API over the SQLite file ``config.db_path`` (opened on startup, closed on cleanup);
+    with ``web_root``, the built learner page is served from it under ``/learn/``."""
     app = web.Application(middlewares=[access_log, errors, faults])
     app[CONFIG] = config
     app[FAULTS] = FaultInjector()
@@ -81,7 +84,35 @@ def create_app(config: ApiConfig) -> web.Application:
         app[STORE].close()
 
     app.cleanup_ctx.append(store_ctx)
+    if config.rooms is not None:
+        rooms_config = config.rooms
+
+        async def dispatches_ctx(app: web.Application) -> AsyncIterator[None]:
+            app[DISPATCHES] = await asyncio.to_thread(Dispatches, rooms_config.namespace, rooms_config.kubeconfig)
+            yield
+            app[DISPATCHES].close()
+
+        app.cleanup_ctx.append(dispatches_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_routes(routes.routes)
+    app.router.add_routes(rooms.routes)
     app.router.add_routes(admin.routes)
+    if web_root is not None:
+        add_learner_page(app, web_root)
     return app
+
+
+def add_learner_page(app: web.Application, web_root: Path) -> None:
+    """``/learn/`` → the page's index.html; its assets beside it. Same origin as the API, so the
+    page calls /api/v1/rooms/join without CORS."""
+    index = web_root / "index.html"
+
+    async def page(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(index, headers={"Cache-Control": "no-store"})
+
+    async def to_page(request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"/learn/{request.query_string and '?' + request.query_string}")
+
+    app.router.add_get("/learn", to_page)
+    app.router.add_get("/learn/", page)
+    app.router.add_static("/learn/assets/", web_root / "assets")

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     user_id      TEXT PRIMARY KEY,
@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS audit (
     at       TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_by_user ON audit(user_id, id);
+CREATE TABLE IF NOT EXISTS learner_sessions (
+    dispatch_uid TEXT NOT NULL,
+    user_id      TEXT NOT NULL,
+    session_id   TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (dispatch_uid, user_id)
+);
 """
 
 
@@ -148,6 +155,20 @@ class Store:
         if stored["user_id"] != record["user_id"]:
             raise SessionConflictError(record["session_id"])
         return stored, created
+
+    def learner_session(self, dispatch_uid: str, user_id: str, new_session_id: str, at: str) -> str:
+        """The learner's ``sessionId`` for one AgentDispatch object: the first join picks it, every
+        later join (a page refresh) gets the same one; a new object (after TTL expiry) a new one."""
+        with self._lock, self._conn:
+            self._conn.execute(
+                "INSERT INTO learner_sessions VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (dispatch_uid, user_id, new_session_id, at),
+            )
+            row = self._conn.execute(
+                "SELECT session_id FROM learner_sessions WHERE dispatch_uid = ? AND user_id = ?",
+                (dispatch_uid, user_id),
+            ).fetchone()
+        return str(row["session_id"])
 
     # ---- reads -----------------------------------------------------------------------------
     def list_progress(self, user_id: str) -> list[dict[str, Any]]:

@@ -48,6 +48,14 @@ def mint_user_token(
     return jwt.encode(claims, jwt_secret, algorithm=ALGORITHM)
 
 
+def mint_learner_token(jwt_secret: str, user_id: str, ttl_seconds: int, now: int | None = None) -> str:
+    """A learner's own sign-in JWT (what the learner page holds): sub=user id, role=user, exp=now+ttl.
+    Unlike the agent's copy it names no room and no agent."""
+    now = int(time.time()) if now is None else now
+    claims = {"sub": user_id, "role": USER_ROLE, "iat": now, "exp": now + ttl_seconds, "jti": uuid.uuid4().hex}
+    return jwt.encode(claims, jwt_secret, algorithm=ALGORITHM)
+
+
 def verify_token(jwt_secret: str, token: str, role: str) -> dict[str, Any]:
     """Check signature, expiry and role; return the claims or raise :class:`TokenError`."""
     try:

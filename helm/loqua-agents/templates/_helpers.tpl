@@ -243,3 +243,7 @@ Also resolves the tier: `resources` (limits from the tier, requests half unless 
 {{- end -}}
 {{- toYaml $w -}}
 {{- end -}}
+
+{{- define "loqua.webBackend.serviceAccountName" -}}
+{{- default (printf "%s-web-backend" (include "loqua.fullname" .)) .Values.webBackend.serviceAccount.name -}}
+{{- end -}}

@@ -3,11 +3,15 @@
 Every request carries ``Authorization: Bearer``, ``X-Agent-ID`` and ``Content-Type``. Policy:
 
 - retries (tenacity): at most ``max_retries`` (3) after the first attempt, on network errors, 5xx
-  and 429; exponential backoff with jitter, or the 429's ``Retry-After`` (seconds or HTTP date,
-  capped); never on other 4xx;
+  and 429; exponential backoff with jitter, or the answer's ``Retry-After`` on 429 and 503 (delta
+  seconds or an HTTP date, capped at ``max_retry_after``; a value that is neither is ignored);
+  never on other 4xx;
 - a circuit breaker sees every attempt (network errors and 5xx are failures) and fails calls
-  fast while open;
-- a 401 on a user-token endpoint forces one token refresh and one more try;
+  fast while open; each attempt holds a breaker permit that is released in ``finally`` (a
+  cancelled or timed-out trial never wedges the half-open state); ``force=True`` calls (the end
+  of a session) go out whatever the breaker's state;
+- a 401 on a user-token endpoint asks for a new user token - one exchange shared by every call
+  that met a 401 with the same token (see ``TokenManager.refresh``) - and tries once more;
 - metrics per attempt with the endpoint *template* as label (never a raw user id).
 
 Errors never carry tokens: messages name the endpoint template and the status only.
@@ -19,6 +23,8 @@ import asyncio
 import datetime as dt
 import email.utils
 import logging
+import math
+import re
 import ssl
 import threading
 import time
@@ -35,7 +41,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from loqua_tutor.breaker import CircuitBreaker, CircuitOpenError
+from loqua_tutor.breaker import CircuitBreaker, CircuitOpenError, Permit
 from loqua_tutor.metrics import JobMetrics
 
 log = logging.getLogger(__name__)
@@ -78,23 +84,35 @@ class ApiError(Exception):
 class UserTokens(Protocol):
     async def get(self) -> str: ...
 
-    async def refresh(self, *, force: bool = False) -> str: ...
+    async def refused(self, token: str) -> str:
+        """The API refused ``token``: a replacement (shared with concurrent callers)."""
+        ...
+
+
+_DELTA_SECONDS = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() also accepts '²'
+MAX_RETRY_AFTER_CHARS = 64
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds: delta-seconds or an HTTP date; ``None`` when absent or invalid."""
+    """``Retry-After`` (RFC 9110) as seconds from now: delta-seconds or an HTTP date.
+
+    ``None`` for anything else - absent, empty, negative, fractional, non-ASCII digits, an
+    unparsable or absurd date: the caller then uses its own backoff. Never raises."""
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if not value or len(value) > MAX_RETRY_AFTER_CHARS:
+        return None
+    if _DELTA_SECONDS.fullmatch(value):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    except Exception:  # email.utils raises several types for odd input; all mean "ignore it"
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 _ssl_context: ssl.SSLContext | None = None
@@ -139,7 +157,7 @@ class LoquaApiClient:
         max_retries: int = 3,
         retry_base: float = 0.5,
         retry_max: float = 8.0,
-        max_retry_after: float = 60.0,
+        max_retry_after: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -176,14 +194,14 @@ class LoquaApiClient:
         body = {"room_name": room_name, "user_id": user_id, "agent_id": self._agent_id}
         return await self.call("POST", USER_TOKEN, json_body=body, auth="agent")
 
-    async def get_user_context(self, user_id: str) -> dict[str, Any]:
-        return await self.call("GET", USER_CONTEXT, params={"user_id": user_id}, auth="user")
+    async def get_user_context(self, user_id: str, *, force: bool = False) -> dict[str, Any]:
+        return await self.call("GET", USER_CONTEXT, params={"user_id": user_id}, auth="user", force=force)
 
-    async def update_progress(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.call("POST", PROGRESS, json_body=body, auth="user")
+    async def update_progress(self, body: Mapping[str, Any], *, force: bool = False) -> dict[str, Any]:
+        return await self.call("POST", PROGRESS, json_body=body, auth="user", force=force)
 
-    async def create_session(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.call("POST", SESSIONS, json_body=body, auth="user")
+    async def create_session(self, body: Mapping[str, Any], *, force: bool = False) -> dict[str, Any]:
+        return await self.call("POST", SESSIONS, json_body=body, auth="user", force=force)
 
     async def health(self, user_id: str) -> dict[str, Any]:
         return await self.call("POST", HEALTH, json_body={"userId": user_id}, auth="user")
@@ -197,17 +215,21 @@ class LoquaApiClient:
         params: Mapping[str, str] | None = None,
         json_body: Mapping[str, Any] | None = None,
         auth: Auth = "user",
+        force: bool = False,
     ) -> dict[str, Any]:
+        """One API call with retries. ``force``: go out even while the breaker is open.
+        ``params`` fill the endpoint template; callers pass validated ids (no dot segments)."""
         path = endpoint.format(**{k: quote(v, safe="") for k, v in (params or {}).items()})
+        used: list[str] = []  # the user token of the last attempt
         try:
-            return await self._with_retries(method, endpoint, path, json_body, auth)
+            return await self._with_retries(method, endpoint, path, json_body, auth, force, used)
         except ApiError as exc:
-            if exc.status != 401 or auth != "user" or self._user_tokens is None:
+            if exc.status != 401 or auth != "user" or self._user_tokens is None or not used:
                 raise
-        # The API refused the user token before we expected (revoked, clock skew): get a new one
-        # and try once more.
-        await self._user_tokens.refresh(force=True)
-        return await self._with_retries(method, endpoint, path, json_body, auth)
+        # The API refused the user token before we expected (revoked, clock skew): get a new one -
+        # or the one another call already got for the same refusal - and try once more.
+        await self._user_tokens.refused(used[-1])
+        return await self._with_retries(method, endpoint, path, json_body, auth, force, used)
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -216,7 +238,14 @@ class LoquaApiClient:
         return float(self._backoff(state))
 
     async def _with_retries(
-        self, method: str, endpoint: str, path: str, body: Mapping[str, Any] | None, auth: Auth
+        self,
+        method: str,
+        endpoint: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        auth: Auth,
+        force: bool,
+        used: list[str],
     ) -> dict[str, Any]:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._max_retries + 1),
@@ -235,7 +264,7 @@ class LoquaApiClient:
         result: dict[str, Any] = {}
         async for attempt in retrying:
             with attempt:
-                result = await self._attempt(method, endpoint, path, body, auth)
+                result = await self._attempt(method, endpoint, path, body, auth, force, used)
         return result
 
     def _count(self, endpoint: str, method: str, status: str, seconds: float | None) -> None:
@@ -246,33 +275,51 @@ class LoquaApiClient:
             self._metrics.api_request_duration.labels(endpoint, method, status).observe(seconds)
 
     async def _attempt(
-        self, method: str, endpoint: str, path: str, body: Mapping[str, Any] | None, auth: Auth
+        self,
+        method: str,
+        endpoint: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        auth: Auth,
+        force: bool,
+        used: list[str],
     ) -> dict[str, Any]:
         if auth == "user":
             if self._user_tokens is None:
                 raise RuntimeError("no user token source configured")
             token = await self._user_tokens.get()
+            used.append(token)
+            del used[:-1]
         else:
             token = self._agent_token
         try:
-            self.breaker.check()
+            permit = self.breaker.permit(force=force)
         except CircuitOpenError:
             self._count(endpoint, method, "circuit_open", None)
             raise
+        # The permit is released on every way out of this block, cancellation included.
+        with permit:
+            return await self._send(permit, method, endpoint, path, body, token)
+
+    async def _send(
+        self, permit: Permit, method: str, endpoint: str, path: str, body: Mapping[str, Any] | None, token: str
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         try:
             response = await self._client.request(method, path, json=body, headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError as exc:
-            self.breaker.record_failure()
+            permit.failure()
             self._count(endpoint, method, "error", time.perf_counter() - started)
             # The type only: httpx messages may echo request details.
             raise ApiError(endpoint, method, None, f"network error ({type(exc).__name__})") from None
         status = response.status_code
         self._count(endpoint, method, str(status), time.perf_counter() - started)
         if status >= 500:
-            self.breaker.record_failure()
-            raise ApiError(endpoint, method, status, "server error", code=_error_code(response))
-        self.breaker.record_success()  # any non-5xx answer means the API is up
+            permit.failure()
+            retry_after = parse_retry_after(response.headers.get("Retry-After")) if status == 503 else None
+            code = _error_code(response)
+            raise ApiError(endpoint, method, status, "server error", code=code, retry_after=retry_after)
+        permit.success()  # any non-5xx answer means the API is up
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise ApiError(endpoint, method, status, "rate limited", retry_after=retry_after)

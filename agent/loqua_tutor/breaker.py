@@ -3,14 +3,26 @@
 Closed: calls pass; ``failure_threshold`` consecutive failures open it. Open: calls fail fast until
 ``reset_timeout`` has passed, then it is half-open. Half-open: ``half_open_max_calls`` trial calls
 pass; a success closes it, a failure opens it again for another ``reset_timeout``.
+
+Every admitted call holds a :class:`Permit` (``with breaker.permit() as p: ...``). The permit is
+released in ``finally``, whatever happens to the call: a trial that is cancelled gives its
+half-open slot back without a verdict (nothing was learned about the API), one that raises
+anything other than a recorded outcome counts as a failure. A wedged half-open state - a slot
+taken by a call that never reported back - cannot happen.
+
+``permit(force=True)`` admits a call whatever the state (the end of a session: its final progress
+and record must go out as soon as the API answers, not when the breaker would next allow a trial);
+its outcome is recorded like any other.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import threading
 import time
 from collections.abc import Callable
+from types import TracebackType
 
 
 class BreakerState(enum.IntEnum):
@@ -27,6 +39,43 @@ class CircuitOpenError(Exception):
     def __init__(self, retry_in: float) -> None:
         super().__init__(f"circuit breaker open; next trial in {retry_in:.1f}s")
         self.retry_in = retry_in
+
+
+class Permit:
+    """One admitted call. Report ``success()`` or ``failure()``; leaving the ``with`` block
+    without either releases the slot (cancelled) or counts a failure (any other exception)."""
+
+    def __init__(self, breaker: CircuitBreaker, trial: bool) -> None:
+        self._breaker = breaker
+        self._trial = trial  # holds one of the half-open slots
+        self._done = False
+
+    def success(self) -> None:
+        if not self._done:
+            self._done = True
+            self._breaker._outcome(self._trial, ok=True)
+
+    def failure(self) -> None:
+        if not self._done:
+            self._done = True
+            self._breaker._outcome(self._trial, ok=False)
+
+    def release(self) -> None:
+        """Give the slot back without a verdict."""
+        if not self._done:
+            self._done = True
+            self._breaker._release(self._trial)
+
+    def __enter__(self) -> Permit:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None or isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+            self.release()
+        else:
+            self.failure()
 
 
 class CircuitBreaker:
@@ -70,6 +119,11 @@ class CircuitBreaker:
             return self._set(BreakerState.HALF_OPEN)
         return None
 
+    def _open(self) -> BreakerState | None:
+        self._opened_at = self._clock()
+        self._trials = 0
+        return self._set(BreakerState.OPEN)
+
     @property
     def state(self) -> BreakerState:
         with self._lock:
@@ -78,6 +132,11 @@ class CircuitBreaker:
         self._notify(changed)
         return state
 
+    @property
+    def trials_in_flight(self) -> int:
+        with self._lock:
+            return self._trials
+
     def retry_in(self) -> float:
         """Seconds until an open breaker lets a trial call through (0 when not open)."""
         with self._lock:
@@ -85,42 +144,59 @@ class CircuitBreaker:
                 return 0.0
             return max(0.0, self._reset_timeout - (self._clock() - self._opened_at))
 
-    def allow(self) -> bool:
-        """May a call go ahead now? In half-open this takes one of the trial slots."""
+    def permit(self, *, force: bool = False) -> Permit:
+        """Admit one call or raise :class:`CircuitOpenError`. ``force``: admit it in any state."""
         with self._lock:
             changed = self._advance()
-            if self._state == BreakerState.CLOSED:
+            trial = False
+            if self._state == BreakerState.CLOSED or force:
                 allowed = True
             elif self._state == BreakerState.HALF_OPEN and self._trials < self._half_open_max:
                 self._trials += 1
-                allowed = True
+                allowed = trial = True
             else:
                 allowed = False
+            retry_in = 0.0 if allowed else max(0.0, self._reset_timeout - (self._clock() - self._opened_at))
         self._notify(changed)
-        return allowed
+        if not allowed:
+            raise CircuitOpenError(retry_in if self._state == BreakerState.OPEN else 0.0)
+        return Permit(self, trial)
 
-    def check(self) -> None:
-        """:meth:`allow` or raise :class:`CircuitOpenError`."""
-        if not self.allow():
-            raise CircuitOpenError(self.retry_in())
-
-    def record_success(self) -> None:
+    def allow(self) -> bool:
+        """May a call go ahead now? (A probe that takes no slot: for callers that only ask.)"""
         with self._lock:
-            self._failures = 0
-            self._trials = 0
-            changed = self._set(BreakerState.CLOSED)
+            changed = self._advance()
+            state, trials = self._state, self._trials
         self._notify(changed)
+        return state == BreakerState.CLOSED or (state == BreakerState.HALF_OPEN and trials < self._half_open_max)
 
-    def record_failure(self) -> None:
+    def _release(self, trial: bool) -> None:
         with self._lock:
+            if trial and self._trials > 0:
+                self._trials -= 1
+
+    def _outcome(self, trial: bool, *, ok: bool) -> None:
+        with self._lock:
+            if trial and self._trials > 0:
+                self._trials -= 1
             changed: BreakerState | None = None
-            if self._state == BreakerState.HALF_OPEN:
-                self._opened_at = self._clock()
-                changed = self._set(BreakerState.OPEN)
+            if ok:
+                self._failures = 0
+                self._trials = 0
+                changed = self._set(BreakerState.CLOSED)
+            elif self._state == BreakerState.HALF_OPEN:
+                changed = self._open()
             elif self._state == BreakerState.CLOSED:
                 self._failures += 1
                 if self._failures >= self._threshold:
-                    self._opened_at = self._clock()
-                    changed = self._set(BreakerState.OPEN)
-            # A failure reported while open (a call admitted before it opened) changes nothing.
+                    changed = self._open()
+            # A failure reported while open (a call admitted before it opened, or a forced one)
+            # changes nothing: the reset timeout counts from the opening.
         self._notify(changed)
+
+    # Outcomes of calls made without a permit (kept for callers that only report).
+    def record_success(self) -> None:
+        self._outcome(False, ok=True)
+
+    def record_failure(self) -> None:
+        self._outcome(False, ok=False)

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from livekit import rtc
@@ -28,12 +27,13 @@ from loqua_common.tokenkey import derive_key
 from loqua_tutor.api_client import LoquaApiClient, shared_ssl_context
 from loqua_tutor.breaker import CircuitBreaker
 from loqua_tutor.cache import TTLCache
+from loqua_tutor.learner import Learner, Refusal, learner_from_attributes
 from loqua_tutor.metrics import JobMetrics, job_metrics
-from loqua_tutor.session import Learner, TutorSession
+from loqua_tutor.session import TutorSession
 from loqua_tutor.settings import TutorSettings
 from loqua_tutor.token_manager import TokenManager, user_token_exchange
 from loqua_tutor.tools import RPC_METHOD, TutorTools, handle_rpc_payload
-from loqua_tutor.tracker import UserContext, new_session_id
+from loqua_tutor.tracker import UserContext
 
 log = logging.getLogger("loqua_tutor.job")
 
@@ -45,6 +45,7 @@ LEARNER_KINDS = (
 # Attributes set on the agent participant, so clients and tests can see the session is live.
 ATTR_SESSION_ID = "loqua.session_id"
 ATTR_STATUS = "loqua.status"
+RPC_FORBIDDEN = 403  # an application RpcError code (1001-1999 are LiveKit's own)
 
 # Per job id. Module-level because on_session_end gets only the JobContext; with the thread
 # executor several jobs share this process (and this dict).
@@ -63,21 +64,6 @@ def context_cache(settings: TutorSettings) -> TTLCache[str, UserContext]:
     if _cache is None:
         _cache = TTLCache(settings.context_cache_ttl_seconds)
     return _cache
-
-
-def learner_from_attributes(identity: str, attributes: Mapping[str, str], now: float) -> Learner | None:
-    """The learner from participant attributes; ``None`` when ``user_id`` is missing or blank."""
-    user_id = (attributes.get("user_id") or "").strip()
-    if not user_id:
-        return None
-    session_id = (attributes.get("sessionId") or "").strip() or new_session_id(now)
-    return Learner(
-        user_id=user_id,
-        session_id=session_id[:128],
-        identity=identity,
-        display_name=(attributes.get("display_name") or "").strip(),
-        email=(attributes.get("email") or "").strip(),
-    )
 
 
 def build_session(
@@ -197,6 +183,7 @@ async def _follow_learner(ctx: JobContext, session: TutorSession, identity: str,
             with contextlib.suppress(Exception):
                 voice.room_io.set_participant(returned.identity)
         current = returned.identity
+        session.participant_identity = current
 
 
 async def _start_voice(
@@ -222,8 +209,14 @@ async def _start_voice(
     return voice
 
 
-def _register_rpc(ctx: JobContext, tools: TutorTools) -> None:
+def _register_rpc(ctx: JobContext, session: TutorSession, tools: TutorTools, metrics: JobMetrics) -> None:
     async def handler(data: rtc.RpcInvocationData) -> str:
+        # Only the session's learner (the participant the session follows, across page refreshes)
+        # may record progress: anyone else in the room is refused before the payload is read.
+        if data.caller_identity != session.participant_identity:
+            metrics.rpc_rejected.labels("not_learner").inc()
+            log.warning("refused %s call from %s: not the session's learner", RPC_METHOD, data.caller_identity)
+            raise rtc.RpcError(RPC_FORBIDDEN, "only the session's learner may call tutor tools")
         return handle_rpc_payload(tools, data.payload)
 
     ctx.room.local_participant.register_rpc_method(RPC_METHOD, handler)
@@ -253,14 +246,13 @@ async def entrypoint(settings: TutorSettings, ctx: JobContext) -> None:
         return
 
     learner = learner_from_attributes(participant.identity, participant.attributes, time.time())
-    if learner is None:
-        metrics.missing_user_id.inc()
-        log.error(
-            "participant %s has no user_id attribute; ending the job (the app must set user_id, "
-            "sessionId, display_name and email when the learner joins)",
-            participant.identity,
-        )
-        ctx.shutdown(reason="missing user_id")
+    if isinstance(learner, Refusal):
+        if learner.missing:
+            metrics.missing_user_id.inc()
+        else:
+            metrics.invalid_attributes.labels(learner.attribute).inc()
+        log.error("participant %s %s; ending the job", participant.identity, learner.message())
+        ctx.shutdown(reason=f"{'missing' if learner.missing else 'invalid'} {learner.attribute}")
         return
 
     ids = {"agent_id": settings.agent_id, "session_id": learner.session_id, "user_id": learner.user_id}
@@ -275,7 +267,7 @@ async def entrypoint(settings: TutorSettings, ctx: JobContext) -> None:
     voice = None
     try:
         if not settings.voice_enabled:
-            _register_rpc(ctx, tools)  # before start(): tools only touch the tracker
+            _register_rpc(ctx, session, tools, metrics)  # before start(): tools only touch the tracker
         await session.start()
         if settings.voice_enabled:
             voice = await _start_voice(settings, ctx, session, tools, participant.identity)

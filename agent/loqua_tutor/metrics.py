@@ -96,6 +96,18 @@ class JobMetrics:
             "Jobs ended because the learner had no user_id attribute",
             registry=registry,
         )
+        self.invalid_attributes = Counter(
+            f"{PREFIX}_invalid_attributes_total",
+            "Jobs ended because a learner attribute was invalid (user_id, sessionId)",
+            ["attribute"],
+            registry=registry,
+        )
+        self.rpc_rejected = Counter(
+            f"{PREFIX}_rpc_rejected_total",
+            "tutor.tool RPC calls refused (reason: not_learner)",
+            ["reason"],
+            registry=registry,
+        )
         self.api_request_duration = Histogram(
             f"{PREFIX}_api_request_duration_seconds",
             "Loqua API request duration per attempt",
@@ -153,6 +165,9 @@ class JobMetrics:
             self.token_exchange.labels(result)
         for result in ("delivered", "lost"):
             self.session_records.labels(result)
+        for attribute in ("user_id", "sessionId"):
+            self.invalid_attributes.labels(attribute)
+        self.rpc_rejected.labels("not_learner")
         self._breakers: dict[int, int] = {}
         self._breaker_lock = threading.Lock()
 
@@ -177,6 +192,8 @@ JOB_METRIC_NAMES = frozenset(
         "active_sessions",
         "participant_wait_timeouts",
         "missing_user_id",
+        "invalid_attributes",
+        "rpc_rejected",
         "api_request_duration_seconds",
         "api_requests",
         "token_refresh",

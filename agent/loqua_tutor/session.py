@@ -4,8 +4,10 @@ The conversation never waits for the API. Tools update the tracker in memory; a 
 sends progress every ``progress_interval`` seconds when something changed. While the API is down
 the session runs on cached (or default) context and keeps one progress update pending - always
 the latest state - until the API answers again. At the end, :meth:`TutorSession.finalize` sends
-the final progress and the learning-session record exactly once, retrying the record until it
-is delivered or the finalize budget is spent (then it is logged as lost and counted).
+the final progress and the learning-session record exactly once, retrying both until they are
+delivered or the finalize budget (``FINALIZE_TIMEOUT_SECONDS``) is spent - then they are logged
+as lost and counted. These final calls go through whatever state the circuit breaker is in: it
+protects the API from a session's steady traffic, not from the one record that must reach it.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 from loqua_tutor.api_client import ApiError, LoquaApiClient
 from loqua_tutor.breaker import CircuitOpenError
 from loqua_tutor.cache import TTLCache
 from loqua_tutor.crypto import TokenDecryptionError
+from loqua_tutor.learner import Learner
 from loqua_tutor.metrics import JobMetrics
 from loqua_tutor.token_manager import TokenManager, TokenUnavailableError
 from loqua_tutor.tracker import (
@@ -37,17 +39,6 @@ log = logging.getLogger(__name__)
 # What "the API is unavailable" looks like from here; anything else is a bug and propagates.
 API_UNAVAILABLE = (ApiError, CircuitOpenError, TokenUnavailableError, TokenDecryptionError)
 RECORD_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
-
-
-@dataclass(frozen=True)
-class Learner:
-    """The learner's participant attributes (seed 003 names: ``user_id``, ``sessionId``, ...)."""
-
-    user_id: str
-    session_id: str
-    identity: str = ""
-    display_name: str = ""
-    email: str = ""
 
 
 class TutorSession:
@@ -68,6 +59,8 @@ class TutorSession:
         record_retry_delays: Sequence[float] = RECORD_RETRY_DELAYS,
     ) -> None:
         self.learner = learner
+        # The learner's participant now (a page refresh may bring them back under a new identity).
+        self.participant_identity = learner.identity
         self.room_name = room_name
         self.api = api
         self.tokens = tokens
@@ -88,6 +81,7 @@ class TutorSession:
         self._final_lock = asyncio.Lock()
         self._finalized = False
         self._failed = False
+        self._last_error = ""
         self.record_delivered: bool | None = None  # None until finalize ran
 
     @property
@@ -121,14 +115,15 @@ class TutorSession:
             "api" if self.context.known else "default",
         )
 
-    async def load_context(self) -> UserContext:
-        """Fresh cache → API → stale cache → defaults. Never raises for an API outage."""
+    async def load_context(self, *, force: bool = False) -> UserContext:
+        """Fresh cache → API → stale cache → defaults. Never raises for an API outage.
+        ``force``: ask the API whatever the breaker's state."""
         user_id = self.learner.user_id
         cached = self._cache.get(user_id)
         if cached is not None:
             return cached
         try:
-            body = await self.api.get_user_context(user_id)
+            body = await self.api.get_user_context(user_id, force=force)
         except API_UNAVAILABLE as exc:
             stale = self._cache.get_stale(user_id)
             log.warning(
@@ -170,17 +165,19 @@ class TutorSession:
     def progress_pending(self) -> bool:
         return self._pending
 
-    async def send_progress(self, status: ProgressStatus, *, force: bool = False) -> bool:
-        """Send the latest state if it changed since the last delivered update (or is pending).
-        Returns whether the API has the latest state afterwards."""
+    async def send_progress(self, status: ProgressStatus, *, force: bool = False, urgent: bool = False) -> bool:
+        """Send the latest state if it changed since the last delivered update (or is pending;
+        ``force``: in any case). ``urgent``: through the breaker whatever its state (the final
+        update). Returns whether the API has the latest state afterwards."""
         version = self.tracker.version
         if not force and version == self._sent_version and not self._pending:
             return True
         self._set_pending(True)
         body = progress_body(self.learner.user_id, self.session_id, status, self.tracker.snapshot())
         try:
-            await self.api.update_progress(body)
+            await self.api.update_progress(body, force=urgent)
         except API_UNAVAILABLE as exc:
+            self._last_error = type(exc).__name__
             if self._metrics is not None:
                 self._metrics.progress_updates.labels("failed").inc()
             log.warning("progress update not delivered (%s); kept for the next attempt", type(exc).__name__)
@@ -208,20 +205,77 @@ class TutorSession:
 
     async def _finish(self, status: ProgressStatus, deadline: float) -> None:
         if self._loop_task is not None:
+            # A progress update in flight (perhaps a hung breaker trial) is cancelled here; its
+            # breaker permit is released on the way out, so it cannot block what follows.
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         seconds = self._clock() - (self._started_at if self._started_at is not None else self._clock())
-        # The record is what matters most: give the final progress at most a third of the budget.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._final_progress(status), max(0.1, (deadline - self._clock()) / 3))
+        progress_done = False
+        record: dict | None = None
+        record_done = False
+        attempt = 0
+        why = ""
+        try:
+            # Rounds until both are delivered or the budget is spent. Each round tries what is still
+            # pending, forced through the breaker whatever its state: the API may be back although
+            # the breaker has not noticed yet. Both go to different paths; one being refused or
+            # down does not hold the other back.
+            while True:
+                if not progress_done:
+                    progress_done = await self._bounded(self._final_progress(status), deadline)
+                if not record_done:
+                    if record is None:
+                        record = await self._build_record(seconds, deadline)
+                        if record is None:
+                            return
+                    outcome = await self._bounded(self._send_record(record), deadline)
+                    if outcome == "rejected":
+                        return
+                    record_done = outcome is True
+                if progress_done and record_done:
+                    break
+                why = self._last_error or "timeout"
+                delay = self._record_delays[min(attempt, len(self._record_delays) - 1)]
+                attempt += 1
+                if deadline - self._clock() <= delay:
+                    break
+                parts = (("final progress", progress_done), ("session record", record_done))
+                pending = [what for what, done in parts if not done]
+                log.warning("%s not delivered (%s); retrying in %.0fs", " and ".join(pending), why, delay)
+                await self._sleep(delay)
+        except asyncio.CancelledError:
+            if not record_done:
+                self._lost("job ended before delivery")
+            raise
+        if not progress_done:
+            log.error("final progress update LOST (%s after %d attempts)", why, attempt + 1)
+        if record is not None and not record_done:
+            self._lost(f"{why} after {attempt + 1} attempts")
+        elif record is not None:
+            self._delivered(record)
+
+    async def _bounded(self, work: Awaitable[bool | str], deadline: float) -> bool | str:
+        """``work`` within what is left of the budget; False when it ran out."""
+        try:
+            return await asyncio.wait_for(work, max(0.1, deadline - self._clock()))
+        except TimeoutError:
+            self._last_error = "TimeoutError"
+            return False
+
+    async def _final_progress(self, status: ProgressStatus) -> bool:
+        return await self.send_progress(status, force=True, urgent=True)
+
+    async def _build_record(self, seconds: float, deadline: float) -> dict | None:
         if not self.context.known:
             # Achievements depend on history; the API may be back by now.
             with contextlib.suppress(TimeoutError):
-                self.context = await asyncio.wait_for(self.load_context(), max(0.1, (deadline - self._clock()) / 4))
+                self.context = await asyncio.wait_for(
+                    self.load_context(force=True), max(0.1, (deadline - self._clock()) / 4)
+                )
         today = dt.datetime.fromtimestamp(self._wall(), dt.UTC).date()
         try:
-            record = session_record(
+            return session_record(
                 user_id=self.learner.user_id,
                 session_id=self.session_id,
                 seconds=seconds,
@@ -233,38 +287,23 @@ class TutorSession:
             log.error("session record invalid, not sent: %s", exc)
             self._count_record("invalid")
             self.record_delivered = False
-            return
-        await self._deliver_record(record, deadline)
+            return None
 
-    async def _final_progress(self, status: ProgressStatus) -> None:
-        await self.send_progress(status, force=True)
-
-    async def _deliver_record(self, record: dict, deadline: float) -> None:
-        attempt = 0
+    async def _send_record(self, record: dict) -> bool | str:
+        """True when delivered, "rejected" when the API refused it for good, False to retry."""
         try:
-            while True:
-                try:
-                    remaining = deadline - self._clock()
-                    await asyncio.wait_for(self.api.create_session(record), max(0.1, remaining))
-                except (*API_UNAVAILABLE, TimeoutError) as exc:
-                    if isinstance(exc, ApiError) and exc.status is not None and not exc.retryable:
-                        log.error("session record rejected by the API: %s", exc)
-                        self._count_record("rejected")
-                        self.record_delivered = False
-                        return
-                    delay = self._record_delays[min(attempt, len(self._record_delays) - 1)]
-                    attempt += 1
-                    remaining = deadline - self._clock()
-                    if remaining <= delay:
-                        self._lost(f"{type(exc).__name__} after {attempt} attempts")
-                        return
-                    log.warning("session record not delivered (%s); retrying in %.0fs", type(exc).__name__, delay)
-                    await self._sleep(delay)
-                    continue
-                break
-        except asyncio.CancelledError:
-            self._lost("job ended before delivery")
-            raise
+            await self.api.create_session(record, force=True)
+        except API_UNAVAILABLE as exc:
+            self._last_error = type(exc).__name__
+            if isinstance(exc, ApiError) and exc.status is not None and not exc.retryable and exc.status != 401:
+                log.error("session record rejected by the API: %s", exc)
+                self._count_record("rejected")
+                self.record_delivered = False
+                return "rejected"
+            return False
+        return True
+
+    def _delivered(self, record: dict) -> None:
         self._count_record("delivered")
         self.record_delivered = True
         log.info(

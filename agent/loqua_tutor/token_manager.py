@@ -2,9 +2,17 @@
 
 A background task sleeps until ``exp - margin`` and refreshes; :meth:`TokenManager.get` refreshes
 synchronously when a request finds the token already inside that window (the background task
-was late or failed). Refreshes are single-flight. A failed refresh keeps the old token while it
-is still valid. ``exp`` is read without verifying the signature: the agent cannot verify it (the
-API holds the key) and only needs to know when to ask again.
+was late or failed). A 401 reports the refused token (:meth:`TokenManager.refused`).
+
+Single flight: at most one token exchange runs at a time, and every caller that needs one while
+it runs - the background refresher, requests inside the window, any number of concurrent 401s -
+waits for that exchange's result instead of starting another. A 401 for a token that was already
+replaced gets the replacement without a new exchange, and a token younger than
+``MIN_TOKEN_AGE_FOR_FORCED_REFRESH`` is not exchanged again because of a 401 (a burst of 401s is
+the API refusing, not a stale token; exchanging again would only add load to the auth endpoint).
+A failed refresh keeps the old token while it is still valid. ``exp`` is read without verifying
+the signature: the agent cannot verify it (the API holds the key) and only needs to know when to
+ask again.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RETRY_DELAYS = (2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
 MIN_REFRESH_DELAY = 1.0
+MIN_TOKEN_AGE_FOR_FORCED_REFRESH = 10.0
 
 
 class TokenUnavailableError(Exception):
@@ -84,10 +93,12 @@ class TokenManager:
         self._sleep = sleep
         self._retry_delays = tuple(retry_delays) or (1.0,)
         self._metrics = metrics
-        self._lock = asyncio.Lock()
+        self._flight: asyncio.Future[str] | None = None
         self._token: str | None = None
+        self._obtained_at: float | None = None
         self._expires_at: float | None = None
         self._refresh_at: float | None = None
+        self.exchanges = 0  # exchanges started (for tests and logs)
         self._task: asyncio.Task[None] | None = None
         self._obtained = asyncio.Event()
 
@@ -114,8 +125,9 @@ class TokenManager:
 
     # ---- operations --------------------------------------------------------------------------
     async def get(self) -> str:
-        """A usable token; refreshes first when inside the refresh window (sync fallback)."""
-        if self.needs_refresh():
+        """A usable token; refreshes first when inside the refresh window (sync fallback), and
+        waits for an exchange in flight (the current token may just have been refused)."""
+        if self._flight is not None or self.needs_refresh():
             with contextlib.suppress(Exception):
                 await self.refresh()
         now = self._clock()
@@ -124,27 +136,58 @@ class TokenManager:
         return self._token
 
     async def refresh(self, *, force: bool = False) -> str:
-        """Exchange for a new token (single-flight). ``force``: even if the current one looks fine
-        (the API just refused it). Raises the exchange's error; the old token stays if valid."""
-        async with self._lock:
-            # Someone else refreshed while we waited for the lock.
-            if not force and self._token is not None and not self.needs_refresh():
-                return self._token
-            initial = self._token is None
-            try:
-                token = await self._exchange()
-            except Exception:
-                if not initial and self._metrics is not None:
-                    self._metrics.token_refresh.labels("failure").inc()
-                raise
-            now = self._clock()
-            self._token = token
-            self._expires_at = token_expiry(token)
-            self._refresh_at = refresh_time(now, self._expires_at, self._margin)
-            self._obtained.set()
+        """A fresh token: joins the exchange in flight, or starts one when the current token is
+        missing, inside the refresh window, or ``force`` is set. Raises the exchange's error (the
+        old token stays if valid)."""
+        if self._flight is None and not force and self._token is not None and not self.needs_refresh():
+            return self._token
+        return await self._exchange_once()
+
+    async def refused(self, token: str) -> str:
+        """The API answered 401 to ``token``. Returns the token to retry with: the replacement
+        that already exists or is being obtained, or - once per refusal, shared by all callers -
+        a new exchange. A token obtained moments ago is kept (see the module docstring)."""
+        if self._flight is not None:
+            return await self._exchange_once()
+        if self._token is not None and self._token != token:
+            return self._token  # already replaced since that request was sent
+        young = self._obtained_at is not None and self._clock() - self._obtained_at < MIN_TOKEN_AGE_FOR_FORCED_REFRESH
+        if self._token is not None and young:
+            return self._token
+        return await self._exchange_once()
+
+    async def _exchange_once(self) -> str:
+        flight = self._flight
+        if flight is None:
+            flight = self._flight = asyncio.ensure_future(self._run_exchange())
+            flight.add_done_callback(self._landed)
+        # shield: a waiter that is cancelled does not cancel the exchange the others wait for.
+        return await asyncio.shield(flight)
+
+    def _landed(self, flight: asyncio.Future[str]) -> None:
+        if self._flight is flight:
+            self._flight = None
+        if not flight.cancelled():
+            flight.exception()  # retrieved: a failure nobody waited for is not "never retrieved"
+
+    async def _run_exchange(self) -> str:
+        initial = self._token is None
+        self.exchanges += 1
+        try:
+            token = await self._exchange()
+        except Exception:
             if not initial and self._metrics is not None:
-                self._metrics.token_refresh.labels("success").inc()
-            return token
+                self._metrics.token_refresh.labels("failure").inc()
+            raise
+        now = self._clock()
+        self._token = token
+        self._obtained_at = now
+        self._expires_at = token_expiry(token)
+        self._refresh_at = refresh_time(now, self._expires_at, self._margin)
+        self._obtained.set()
+        if not initial and self._metrics is not None:
+            self._metrics.token_refresh.labels("success").inc()
+        return token
 
     def start(self) -> None:
         """Run the background refresher (which also keeps trying when the first exchange failed)."""
@@ -188,6 +231,11 @@ class TokenManager:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
+        flight = self._flight
+        if flight is not None and not flight.done():
+            flight.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await flight
 
 
 def user_token_exchange(

@@ -10,6 +10,13 @@ livekit, aiohttp.access, httpx) propagates to it. Per line the handler:
 
    or as one JSON object per line (keys timestamp, level, logger, component, agent_id, session_id,
    user_id, message, then the fields, and exception/stack when present);
+
+   one record is one line: in the text format every field - message, ids, field keys and values -
+   has newlines and other control or non-printable characters escaped (``\\n``, ``\\x1b``,
+   ``\\u2028``), so a value from outside (a participant attribute, an API error) cannot forge a
+   line. A traceback follows its line with its own line breaks, each of its lines escaped the same
+   way and indented when it would start with ``[``. JSON lines escape them by construction (plus
+   U+0085, U+2028 and U+2029, which line splitters also break on);
 3. redacts the whole rendered text line, traceback included (in JSON: every value): registered
    secrets, JWTs, ``Bearer ...`` and encrypted tokens (``{32 hex}:{hex}``) become ``***``.
 
@@ -42,6 +49,7 @@ __all__ = [
     "bind_context",
     "configure_logging",
     "current_context",
+    "escape_text",
     "redact",
     "register_secret",
     "reset_context",
@@ -157,20 +165,59 @@ def current_context() -> dict[str, object]:
     return dict(_context.get())
 
 
+# -- one record, one line ------------------------------------------------------------------------------
+
+_CONTROL_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Characters that str.splitlines() breaks on although JSON does not escape them.
+_JSON_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def _escape_char(c: str) -> str:
+    if c.isprintable():
+        return c
+    known = _CONTROL_ESCAPES.get(c)
+    if known is not None:
+        return known
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def escape_text(text: str) -> str:
+    """``text`` with newlines, control and other non-printable characters escaped (one line)."""
+    if text.isprintable():  # the common case, at C speed
+        return text
+    return "".join(_escape_char(c) for c in text)
+
+
+def _escape_block(block: str) -> str:
+    """A traceback: its own line breaks kept, everything else escaped, no line starting with '['."""
+    lines = [escape_text(line) for line in block.split("\n")]
+    return "\n".join("  " + line if line.startswith("[") else line for line in lines)
+
+
+def _json_line(text: str) -> str:
+    if text.isascii():
+        return text
+    for char, escaped in _JSON_LINE_BREAKS.items():
+        if char in text:
+            text = text.replace(char, escaped)
+    return text
+
+
 # -- the handler ----------------------------------------------------------------------------------------
 
 
 def _id(value: object) -> str:
     if value is None or value == "":
         return MISSING_ID
-    return str(value)
+    return escape_text(str(value))
 
 
 def _text_value(value: object) -> str:
     text = value if isinstance(value, str) else str(value)
     if not text or any(c.isspace() or c in '"=' for c in text):
-        return json.dumps(text, ensure_ascii=False)  # keeps key=value pairs parseable
-    return text
+        text = json.dumps(text, ensure_ascii=False)  # keeps key=value pairs parseable
+    return escape_text(text)
 
 
 def _json_value(value: object) -> object:
@@ -348,15 +395,16 @@ class LoquaHandler(logging.Handler):
         return {k: v for k, v in fields.items() if v is not None}
 
     @staticmethod
-    def _exception(record: logging.LogRecord, message: str) -> str:
+    def _exception(record: logging.LogRecord, message: str) -> tuple[str, str]:
+        """(message, traceback): the traceback once, apart from the message."""
         if record.exc_info:
-            return "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            return message, "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
         exc_text = record.exc_text or ""
         # Records forwarded from another process (livekit-agents' job processes) arrive with the
         # traceback both in exc_text and already appended to the message: show it once.
         if exc_text and message.endswith(exc_text):
-            return ""
-        return exc_text
+            return message[: -len(exc_text)].rstrip("\n"), exc_text
+        return message, exc_text
 
     def _render_text(
         self,
@@ -368,18 +416,17 @@ class LoquaHandler(logging.Handler):
         with_exc: bool = True,
     ) -> str:
         agent_id, session_id, user_id = self._ids(record, context)
+        message, exc = self._exception(record, message) if with_exc else (message, "")
         parts = [
             f"[{self._timestamp(created)}] [{record.levelname}] [{_id(agent_id)}] [{_id(session_id)}] "
-            f"[{_id(user_id)}] {message}"
+            f"[{_id(user_id)}] {escape_text(message)}"
         ]
         for key, value in self._fields(record, context).items():
-            parts.append(f" {key}={_text_value(value)}")
-        if with_exc:
-            exc = self._exception(record, message)
-            if exc:
-                parts.append("\n" + exc)
-            if record.stack_info:
-                parts.append("\n" + record.stack_info)
+            parts.append(f" {escape_text(str(key))}={_text_value(value)}")
+        if exc:
+            parts.append("\n" + _escape_block(exc))
+        if with_exc and record.stack_info:
+            parts.append("\n" + _escape_block(record.stack_info))
         return redact("".join(parts))
 
     def _render_json(
@@ -392,6 +439,7 @@ class LoquaHandler(logging.Handler):
         with_exc: bool = True,
     ) -> str:
         agent_id, session_id, user_id = self._ids(record, context)
+        message, exc = self._exception(record, message) if with_exc else (message, "")
         # Values are redacted one by one, not the serialized line: a replacement there could break
         # the JSON (think of a secret that equals "null" or a key name).
         doc: dict[str, object] = {
@@ -406,13 +454,11 @@ class LoquaHandler(logging.Handler):
         }
         for key, value in self._fields(record, context).items():
             doc[f"field_{key}" if key in doc else key] = _json_value(value)
-        if with_exc:
-            exc = self._exception(record, message)
-            if exc:
-                doc["exception"] = redact(exc)
-            if record.stack_info:
-                doc["stack"] = redact(record.stack_info)
-        return json.dumps(doc, ensure_ascii=False, default=str)
+        if exc:
+            doc["exception"] = redact(exc)
+        if with_exc and record.stack_info:
+            doc["stack"] = redact(record.stack_info)
+        return _json_line(json.dumps(doc, ensure_ascii=False, default=str))
 
 
 # -- configuration --------------------------------------------------------------------------------------

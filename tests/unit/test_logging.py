@@ -128,6 +128,61 @@ class TestTextFormat:
         assert out[-1] == "RuntimeError: kaput"
 
 
+class TestOneRecordOneLine:
+    """Untrusted values (participant attributes, API errors) cannot forge log lines (issue 16)."""
+
+    FORGED = "x\n[2026-01-01T00:00:00.000Z] [INFO] [a] [b] [c] forged"
+
+    def test_every_text_field_escapes_newlines_and_control_characters(self) -> None:
+        handler, stream = make_handler()
+        with bind_context(session_id="s\r\n1", user_id=self.FORGED, room="r\x1b[31m"):
+            log(handler, logging.WARNING, "learner %s joined\u2028again", "id\x00\x85", fields={"k\n": "v\tw"})
+        out = stream.getvalue()
+        assert out.count("\n") == 1 and len(out.splitlines()) == 1, out
+        assert out == (
+            "[2026-11-21T17:01:02.345Z] [WARNING] [loqua-operator] [s\\r\\n1] "
+            "[x\\n[2026-01-01T00:00:00.000Z] [INFO] [a] [b] [c] forged] "
+            'learner id\\x00\\x85 joined\\u2028again room=r\\x1b[31m k\\n="v\\tw"\n'
+        )
+
+    def test_printable_text_is_untouched(self) -> None:
+        handler, stream = make_handler()
+        log(handler, logging.INFO, 'café ¿qué tal? "quoted" 100%', user_id="ana@example.com")
+        assert lines(stream) == [
+            '[2026-11-21T17:01:02.345Z] [INFO] [loqua-operator] [-] [ana@example.com] café ¿qué tal? "quoted" 100%'
+        ]
+
+    def test_traceback_keeps_its_lines_but_cannot_forge_one(self) -> None:
+        handler, stream = make_handler()
+        try:
+            raise ValueError(self.FORGED + "\x1b")
+        except ValueError:
+            log(handler, logging.ERROR, "failed", exc_info=sys.exc_info())
+        out = lines(stream)
+        assert out[1] == "Traceback (most recent call last):"
+        assert not any(line.startswith("[2026-01-01") for line in out)
+        assert out[-1] == "  [2026-01-01T00:00:00.000Z] [INFO] [a] [b] [c] forged\\x1b"
+
+    def test_forwarded_traceback_is_split_from_its_message(self) -> None:
+        handler, stream = make_handler()
+        tb = "Traceback (most recent call last):\nValueError: x"
+        record = logging.LogRecord("job", logging.ERROR, __file__, 1, f"failed {self.FORGED}\n{tb}", None, None)
+        record.exc_text = tb
+        record.created = CREATED
+        handler.handle(record)
+        out = lines(stream)
+        assert out[0].endswith("failed x\\n[2026-01-01T00:00:00.000Z] [INFO] [a] [b] [c] forged")
+        assert out[1:] == ["Traceback (most recent call last):", "ValueError: x"]
+
+    def test_json_lines_stay_one_line_for_every_splitter(self) -> None:
+        handler, stream = make_handler("json")
+        log(handler, logging.INFO, "a\u2028b\x85c\u2029d\ne", user_id="u\x1c1")
+        out = stream.getvalue()
+        assert len(out.splitlines()) == 1, out
+        doc = json.loads(out)
+        assert doc["message"] == "a\u2028b\x85c\u2029d\ne" and doc["user_id"] == "u\x1c1"
+
+
 class TestJsonFormat:
     def test_exact_object(self) -> None:
         handler, stream = make_handler("json")

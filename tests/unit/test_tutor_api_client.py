@@ -36,8 +36,8 @@ class Tokens:
     async def get(self) -> str:
         return self.token
 
-    async def refresh(self, *, force: bool = False) -> str:
-        self.forced += int(force)
+    async def refused(self, token: str) -> str:
+        self.forced += 1
         self.token = "user.jwt.two"
         return self.token
 
@@ -143,13 +143,36 @@ async def test_429_retry_after_is_capped_and_falls_back_to_backoff() -> None:
     handler, _ = sequence(httpx.Response(429, headers={"Retry-After": "3600"}), httpx.Response(429), ok())
     client, sleeps, _, _ = make_client(handler)
     await client.create_session({})
-    assert sleeps.delays[0] == 60.0 and 1.0 <= sleeps.delays[1] <= 1.5
+    assert sleeps.delays[0] == 30.0 and 1.0 <= sleeps.delays[1] <= 1.5
+
+
+async def test_503_honours_retry_after_too() -> None:
+    handler, seen = sequence(httpx.Response(503, headers={"Retry-After": "4"}), ok())
+    client, sleeps, _, _ = make_client(handler)
+    await client.update_progress({})
+    assert sleeps.delays == [4.0] and len(seen) == 2
+
+
+GARBAGE_RETRY_AFTER = ["\u00b2", "\u0661", "1.5", "-3", "", "   ", "soon", "Wed, 99 Foo 2015 07:28:10 GMT", "9" * 400]
+
+
+@pytest.mark.parametrize("status", [429, 503])
+@pytest.mark.parametrize("value", GARBAGE_RETRY_AFTER)
+async def test_any_retry_after_value_is_safe(status: int, value: str) -> None:
+    """A header that is not delta-seconds nor an HTTP date is ignored: the backoff applies."""
+    handler, seen = sequence(httpx.Response(status, headers={"Retry-After": value.encode("utf-8")}), ok())
+    client, sleeps, _, _ = make_client(handler)
+    await client.update_progress({})
+    assert len(seen) == 2 and len(sleeps.delays) == 1 and 0.5 <= sleeps.delays[0] <= 1.0
 
 
 def test_parse_retry_after() -> None:
     assert parse_retry_after("12") == 12.0
+    assert parse_retry_after(" 0 ") == 0.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
-    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412500.0) == 0.0  # in the past
+    for garbage in ("soon", None, "", "\u00b2", "\u0661\u0662", "1e3", "-1", "1.5", "Mon, 32 Dec 9999 99:99:99 GMT"):
+        assert parse_retry_after(garbage) is None, garbage
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])
@@ -162,6 +185,55 @@ async def test_no_retry_on_other_4xx(status: int) -> None:
     assert info.value.status == status and info.value.code == "MISSING_USER_ID"
     assert len(seen) == 1 and sleeps.delays == []
     assert metrics.auth_failures._value.get() == (1 if status in (401, 403) else 0)
+
+
+async def test_cancelled_attempt_in_half_open_releases_the_trial_slot() -> None:
+    """A hung half-open trial cancelled at session end must not keep the breaker refusing."""
+    import asyncio
+
+    clock = [0.0]
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=5, clock=lambda: clock[0])
+    breaker.record_failure()
+    clock[0] = 5.0
+    assert breaker.state == BreakerState.HALF_OPEN
+    hang = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if not hang.is_set():
+            hang.set()
+            await asyncio.sleep(3600)
+        return ok()
+
+    client = LoquaApiClient(
+        "http://api.test",
+        agent_id="tutor-1",
+        agent_token=AGENT_TOKEN,
+        breaker=breaker,
+        user_tokens=Tokens(),
+        transport=httpx.MockTransport(handler),
+    )
+    task = asyncio.create_task(client.update_progress({}))
+    await hang.wait()
+    assert breaker.trials_in_flight == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert breaker.trials_in_flight == 0 and breaker.state == BreakerState.HALF_OPEN
+    await client.create_session({})  # the next call is let through as the trial, and closes it
+    assert breaker.state == BreakerState.CLOSED
+    await client.aclose()
+
+
+async def test_forced_call_goes_out_while_the_breaker_is_open() -> None:
+    handler, seen = sequence(ok())
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=3600)
+    breaker.record_failure()
+    client, _, _, _ = make_client(handler, breaker=breaker)
+    with pytest.raises(CircuitOpenError):
+        await client.create_session({})
+    assert seen == []
+    await client.create_session({}, force=True)
+    assert len(seen) == 1 and breaker.state == BreakerState.CLOSED
 
 
 async def test_401_on_user_endpoint_refreshes_token_once() -> None:

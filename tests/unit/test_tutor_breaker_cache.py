@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from loqua_tutor.breaker import BreakerState, CircuitBreaker, CircuitOpenError
@@ -39,7 +41,7 @@ def test_opens_after_threshold_consecutive_failures() -> None:
     assert breaker.state == BreakerState.OPEN
     assert not breaker.allow()
     with pytest.raises(CircuitOpenError) as info:
-        breaker.check()
+        breaker.permit()
     assert info.value.retry_in == pytest.approx(30.0)
     assert changes == [BreakerState.OPEN]
 
@@ -54,9 +56,11 @@ def test_half_open_after_reset_timeout_then_closes_on_success() -> None:
     assert breaker.retry_in() == pytest.approx(0.1)
     clock.now += 0.1
     assert breaker.state == BreakerState.HALF_OPEN
-    assert breaker.allow()  # the one trial call
+    trial = breaker.permit()  # the one trial call
     assert not breaker.allow()  # others keep failing fast while it runs
-    breaker.record_success()
+    with pytest.raises(CircuitOpenError):
+        breaker.permit()
+    trial.success()
     assert breaker.state == BreakerState.CLOSED and breaker.allow()
     assert changes == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
 
@@ -67,8 +71,7 @@ def test_half_open_failure_reopens_for_a_full_timeout() -> None:
     for _ in range(3):
         breaker.record_failure()
     clock.now += 30
-    assert breaker.allow()
-    breaker.record_failure()
+    breaker.permit().failure()
     assert breaker.state == BreakerState.OPEN
     clock.now += 29
     assert not breaker.allow()
@@ -82,7 +85,10 @@ def test_half_open_allows_configured_trials() -> None:
     for _ in range(3):
         breaker.record_failure()
     clock.now += 30
-    assert [breaker.allow() for _ in range(3)] == [True, True, False]
+    breaker.permit()
+    breaker.permit()
+    with pytest.raises(CircuitOpenError):
+        breaker.permit()
 
 
 def test_late_failure_while_open_changes_nothing() -> None:
@@ -94,6 +100,87 @@ def test_late_failure_while_open_changes_nothing() -> None:
     breaker.record_failure()
     clock.now += 10
     assert breaker.state == BreakerState.HALF_OPEN  # timeout counted from opening, not the late failure
+
+
+def open_then_half_open(clock: Clock, breaker: CircuitBreaker) -> None:
+    for _ in range(3):
+        breaker.record_failure()
+    clock.now += 30
+    assert breaker.state == BreakerState.HALF_OPEN
+
+
+async def test_cancelled_trial_releases_the_half_open_slot() -> None:
+    """The wedge of issue 16: a trial call cancelled mid-flight (session end) kept the only
+    half-open slot, and every later call failed fast forever."""
+    clock = Clock()
+    breaker = make(clock)
+    open_then_half_open(clock, breaker)
+    started = asyncio.Event()
+
+    async def hung_trial() -> None:
+        with breaker.permit():
+            started.set()
+            await asyncio.sleep(3600)  # a latency fault
+
+    task = asyncio.create_task(hung_trial())
+    await started.wait()
+    assert not breaker.allow() and breaker.trials_in_flight == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert breaker.trials_in_flight == 0
+    assert breaker.state == BreakerState.HALF_OPEN  # no verdict from a cancelled call
+    with breaker.permit() as trial:  # the next call is the trial, and the API answers
+        trial.success()
+    assert breaker.state == BreakerState.CLOSED
+
+
+@pytest.mark.parametrize("error", [TimeoutError(), RuntimeError("bug"), KeyError("x")])
+def test_trial_that_raises_anything_releases_the_slot_as_a_failure(error: Exception) -> None:
+    clock = Clock()
+    breaker = make(clock)
+    open_then_half_open(clock, breaker)
+    with pytest.raises(type(error)), breaker.permit():
+        raise error
+    assert breaker.trials_in_flight == 0
+    assert breaker.state == BreakerState.OPEN  # a failed trial re-opens it for a full timeout
+    clock.now += 30
+    with breaker.permit() as trial:
+        trial.success()
+    assert breaker.state == BreakerState.CLOSED
+
+
+def test_trial_without_outcome_releases_the_slot() -> None:
+    clock = Clock()
+    breaker = make(clock)
+    open_then_half_open(clock, breaker)
+    with breaker.permit():
+        pass
+    assert breaker.trials_in_flight == 0 and breaker.allow()
+
+
+def test_outcome_is_recorded_once() -> None:
+    clock = Clock()
+    breaker = make(clock)
+    open_then_half_open(clock, breaker)
+    with breaker.permit() as trial:
+        trial.success()
+        trial.failure()  # ignored: the permit already has its outcome
+    assert breaker.state == BreakerState.CLOSED
+
+
+def test_forced_permit_goes_out_while_open_and_its_success_closes() -> None:
+    clock = Clock()
+    breaker = make(clock)
+    for _ in range(3):
+        breaker.record_failure()
+    assert breaker.state == BreakerState.OPEN
+    with breaker.permit(force=True) as forced:
+        forced.failure()
+    assert breaker.state == BreakerState.OPEN and breaker.retry_in() == pytest.approx(30.0)
+    with breaker.permit(force=True) as forced:
+        forced.success()
+    assert breaker.state == BreakerState.CLOSED
 
 
 def test_state_values_are_the_gauge_values() -> None:

@@ -19,12 +19,13 @@ from prometheus_client import CollectorRegistry
 
 from loqua_common.tokenkey import derive_key
 from loqua_tutor.api_client import LoquaApiClient
-from loqua_tutor.breaker import CircuitBreaker
+from loqua_tutor.breaker import BreakerState, CircuitBreaker
 from loqua_tutor.cache import TTLCache
 from loqua_tutor.crypto import encrypt_token
-from loqua_tutor.entrypoint import _follow_learner, build_session, learner_from_attributes, wait_for_learner
+from loqua_tutor.entrypoint import _follow_learner, build_session, wait_for_learner
+from loqua_tutor.learner import Learner, Refusal, learner_from_attributes
 from loqua_tutor.metrics import JobMetrics
-from loqua_tutor.session import Learner, TutorSession
+from loqua_tutor.session import TutorSession
 from loqua_tutor.settings import TutorSettings
 from loqua_tutor.token_manager import TokenManager, user_token_exchange
 from loqua_tutor.tracker import ProgressStatus, UserContext
@@ -90,9 +91,10 @@ def make_session(
     cache: TTLCache | None = None,
     fake: FakeTime | None = None,
     finalize_timeout: float = 10.0,
+    breaker: CircuitBreaker | None = None,
 ) -> tuple[TutorSession, JobMetrics]:
     metrics = JobMetrics(CollectorRegistry())
-    breaker = CircuitBreaker(failure_threshold=1000)
+    breaker = breaker or CircuitBreaker(failure_threshold=1000)
     client = LoquaApiClient(
         "http://api.test",
         agent_id="tutor",
@@ -245,6 +247,91 @@ async def test_session_record_lost_when_the_budget_runs_out() -> None:
     assert metrics.sessions_completed._value.get() == 1  # the conversation itself went fine
 
 
+class HangingApi(FakeApi):
+    """FakeApi whose progress path can hang (a latency fault) until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hang_progress = False
+        self.hung = asyncio.Event()
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:  # type: ignore[override]
+        if self.hang_progress and request.url.path == "/api/v1/agent/progress":
+            self.hang_progress = False
+            self.hung.set()
+            await asyncio.sleep(3600)
+        return super().__call__(request)
+
+
+async def test_hung_half_open_trial_cancelled_at_session_end_loses_nothing() -> None:
+    """Issue 16: breaker opened on progress 503s, its half-open trial hung, the session ended while
+    the trial was in flight, the API answered again moments later. Both finals must go out."""
+    api = HangingApi()
+    clock = [0.0]
+    breaker = CircuitBreaker(failure_threshold=2, reset_timeout=5, clock=lambda: clock[0])
+    session, metrics = make_session(api, breaker=breaker, finalize_timeout=30)
+    await session.start()
+    session.tracker.record_new_word("chat", "cat", "fr")
+    api.down = True
+    assert not await session.send_progress(ProgressStatus.IN_PROGRESS)  # 2 attempts: 503, 503 → open
+    assert breaker.state == BreakerState.OPEN
+    clock[0] = 5.0  # half-open: the next progress update is the trial
+    api.down = False
+    api.hang_progress = True
+    session.tracker.record_phrase("ça va")
+    trial = asyncio.create_task(session.send_progress(ProgressStatus.IN_PROGRESS))
+    session._loop_task = trial  # the progress loop's update in flight at session end
+    await api.hung.wait()
+    assert breaker.trials_in_flight == 1
+    await session.finalize("dispatch deleted")
+    assert breaker.trials_in_flight == 0
+    assert session.record_delivered is True
+    assert len(api.bodies("/api/v1/agent/sessions")) == 1
+    finals = [b for b in api.bodies("/api/v1/agent/progress") if b["data"]["status"] == "completed"]
+    assert len(finals) == 1 and finals[0]["data"]["progress"]["phrases_practiced"] == 1
+    assert metrics.session_records.labels("lost")._value.get() == 0
+    assert breaker.state == BreakerState.CLOSED
+
+
+async def test_finals_go_out_while_the_breaker_is_still_open() -> None:
+    """The API is back but the breaker's reset timeout has not passed: the finals do not wait for it."""
+    api = FakeApi()
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=3600)
+    session, _ = make_session(api, breaker=breaker)
+    await session.start()
+    api.down = True
+    session.tracker.record_phrase("hola")
+    assert not await session.send_progress(ProgressStatus.IN_PROGRESS)
+    assert breaker.state == BreakerState.OPEN
+    api.down = False
+    await session.finalize()
+    assert session.record_delivered is True and len(api.bodies("/api/v1/agent/sessions")) == 1
+    assert [b["data"]["status"] for b in api.bodies("/api/v1/agent/progress")][-1] == "completed"
+
+
+async def test_final_progress_retried_while_its_path_is_down() -> None:
+    """Progress path down, sessions path up: the record goes out at once, the progress when it can."""
+    api = FakeApi()
+    fake = FakeTime()
+    session, _ = make_session(api, fake=fake, finalize_timeout=30)
+    await session.start()
+    session.tracker.record_phrase("hola")
+    failures = {"n": 4}
+    inner = api.__call__
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/agent/progress" and failures["n"]:
+            failures["n"] -= 1
+            return httpx.Response(503)
+        return inner(request)
+
+    session.api._client._transport = httpx.MockTransport(flaky)
+    await session.finalize()
+    assert session.record_delivered is True and len(api.bodies("/api/v1/agent/sessions")) == 1
+    completed = [b for b in api.bodies("/api/v1/agent/progress") if b["data"]["status"] == "completed"]
+    assert len(completed) == 1
+
+
 async def test_periodic_loop_sends_changes() -> None:
     api = FakeApi()
     session, _ = make_session(api)
@@ -267,8 +354,48 @@ def test_learner_attributes() -> None:
     assert learner == Learner("u1", "sess_5_x", "web-1", "Ana", "a@x")
     generated = learner_from_attributes("web-1", {"user_id": "u1"}, 1736937000.0)
     assert generated is not None and generated.session_id.startswith("sess_1736937000000_")
-    assert learner_from_attributes("web-1", {"user_id": "  "}, 0) is None
-    assert learner_from_attributes("web-1", {}, 0) is None
+    assert learner_from_attributes("web-1", {"user_id": "  "}, 0) == Refusal("user_id", missing=True)
+    assert learner_from_attributes("web-1", {}, 0) == Refusal("user_id", missing=True)
+
+
+VALID_IDS = ["u1", "5f0c7a1e-3b2d-4c8e-9a6f-0123456789ab", "ana@example.com", "sess_1736937000000_abc123xyz", "a..b"]
+HOSTILE_IDS = [
+    ".",
+    "..",
+    "../context",
+    ".hidden",
+    "a/b",
+    "a\\b",
+    "a%2F..",
+    "a?x=1",
+    "a#b",
+    "a b",
+    "u1\n[2026-01-01T00:00:00.000Z] [INFO] forged",
+    "u\x1b[31m",
+    "u\x00",
+    "ü",
+    "u" * 129,
+]
+
+
+@pytest.mark.parametrize("value", VALID_IDS)
+def test_valid_ids_pass(value: str) -> None:
+    learner = learner_from_attributes("p", {"user_id": value, "sessionId": value}, 0)
+    assert isinstance(learner, Learner) and learner.user_id == value and learner.session_id == value
+
+
+@pytest.mark.parametrize("value", HOSTILE_IDS)
+def test_hostile_ids_are_refused(value: str) -> None:
+    assert learner_from_attributes("p", {"user_id": value}, 0) == Refusal("user_id", missing=False)
+    assert learner_from_attributes("p", {"user_id": "u1", "sessionId": value}, 0) == Refusal("sessionId", missing=False)
+    refusal = learner_from_attributes("p", {"user_id": value}, 0)
+    assert isinstance(refusal, Refusal) and (len(value) < 4 or value not in refusal.message())
+
+
+def test_display_name_and_email_become_one_printable_line() -> None:
+    learner = learner_from_attributes("p", {"user_id": "u1", "display_name": "Ana\n[x]\x1b", "email": "a@x\r\n"}, 0)
+    assert isinstance(learner, Learner)
+    assert learner.display_name == "Ana [x]" and learner.email == "a@x"
 
 
 async def test_build_session_wires_real_parts() -> None:

@@ -156,6 +156,109 @@ async def test_forced_refresh_replaces_a_token_the_api_refused() -> None:
     assert await manager.refresh(force=True) != first and len(exchange.calls) == 2
 
 
+class SlowExchange(Exchange):
+    """An exchange that takes a while (the network): concurrent callers really overlap it."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.release = asyncio.Event()
+
+    async def __call__(self) -> str:
+        self.calls.append(self.clock.now)
+        await self.release.wait()
+        return user_jwt(self.clock.now + self.ttl, len(self.calls))
+
+
+async def test_concurrent_401s_share_one_exchange() -> None:
+    clock = Clock(0.0)
+    exchange = Exchange(clock)
+    manager = TokenManager(exchange, clock=clock)
+    refused = await manager.get()
+    clock.now = 60.0  # older than MIN_TOKEN_AGE_FOR_FORCED_REFRESH
+    slow = SlowExchange(clock)
+    manager._exchange = slow
+    waiters = [asyncio.create_task(manager.refused(refused)) for _ in range(20)]
+    await settle(lambda: len(slow.calls) == 1)
+    waiters.append(asyncio.create_task(manager.get()))  # a request meanwhile joins the same flight
+    waiters.append(asyncio.create_task(manager.refresh()))  # and so does the background refresher
+    for _ in range(20):
+        await asyncio.sleep(0)
+    slow.release.set()
+    tokens = await asyncio.gather(*waiters)
+    assert len(slow.calls) == 1, "one exchange for 20 concurrent 401s"
+    assert len(set(tokens)) == 1 and tokens[0] != refused
+    # A late 401 for the old token gets the replacement, without another exchange.
+    assert await manager.refused(refused) == tokens[0] and len(slow.calls) == 1
+
+
+async def test_a_fresh_token_is_not_exchanged_again_on_401() -> None:
+    clock = Clock(0.0)
+    exchange = Exchange(clock)
+    manager = TokenManager(exchange, clock=clock)
+    token = await manager.get()
+    clock.now = 5.0
+    assert await manager.refused(token) == token and len(exchange.calls) == 1
+    clock.now = 11.0
+    assert await manager.refused(token) != token and len(exchange.calls) == 2
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_shared_exchange() -> None:
+    clock = Clock(0.0)
+    slow = SlowExchange(clock)
+    manager = TokenManager(slow, clock=clock)
+    first = asyncio.create_task(manager.get())
+    second = asyncio.create_task(manager.get())
+    await settle(lambda: len(slow.calls) == 1)
+    first.cancel()
+    await asyncio.sleep(0)
+    slow.release.set()
+    assert (await second).count(".") == 2 and len(slow.calls) == 1
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+async def test_concurrent_401s_through_the_client_start_one_exchange() -> None:
+    """N concurrent requests that all meet a 401: one token exchange, every request retried once."""
+    clock = Clock(0.0)
+    slow = SlowExchange(clock)
+    slow.release.set()
+    manager = TokenManager(slow, clock=clock)
+    first = await manager.get()
+    clock.now = 60.0
+    slow.release.clear()
+    seen: list[str] = []
+
+    gate = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Authorization"])
+        if request.headers["Authorization"] == f"Bearer {first}":
+            await gate.wait()  # all ten are in flight with the old token before any answer
+            return httpx.Response(401, json={"error": {"code": "INVALID_TOKEN"}})
+        return httpx.Response(200, json={"success": True})
+
+    api = LoquaApiClient(
+        "http://api.test",
+        agent_id="a",
+        agent_token="agent.jwt.x",
+        breaker=CircuitBreaker(),
+        user_tokens=manager,
+        transport=httpx.MockTransport(handler),
+    )
+    calls = asyncio.gather(*(api.update_progress({"n": i}) for i in range(10)))
+    await settle(lambda: len(seen) == 10)
+    gate.set()
+    await settle(lambda: len(slow.calls) == 2)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    slow.release.set()
+    results = await calls
+    await api.aclose()
+    assert all(r == {"success": True} for r in results)
+    assert len(slow.calls) == 2  # the first token, then ONE exchange for ten concurrent 401s
+    assert seen.count(f"Bearer {first}") == 10 and len(seen) == 20  # each retried once, with the new token
+
+
 def _api(handler) -> LoquaApiClient:
     return LoquaApiClient(
         "http://api.test",

@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 from livekit import api
 
-from loqua_devstack.learner import Learner, create_user, session_records
+from loqua_devstack.learner import Learner, create_user, page_url, session_records, sign_in_token
 from loqua_devstack.services import ServiceProcess, kubectl, operator_process, tutor_process
-from loqua_devstack.stack import Stack, devstack_dir, quiet_dev_secret_warning
+from loqua_devstack.stack import DISPATCH_NAMESPACE, Stack, devstack_dir, quiet_dev_secret_warning
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "deploy" / "crds"
@@ -119,6 +119,50 @@ def loqua_health(env: dict[str, str]) -> str:
 
 AGENT = "spanish-tutor"
 TTL = 15
+PAGE_RELOADS = 3
+
+
+async def browser_join_and_refresh(env: dict[str, str]) -> str:
+    """The real learner page (livekit-client) in Debian's headless Chromium: sign in, join through
+    POST /api/v1/rooms/join, the tutor joins; reload; then end the lesson (delete the object)."""
+    from playwright.async_api import async_playwright
+
+    from loqua_devstack import browser
+    from loqua_devstack.loqua_api.dispatches import dispatch_name
+
+    user = create_user(env, "Bea")
+    room = f"page-{uuid.uuid4().hex[:6]}"
+    name = dispatch_name(room, AGENT)
+    shot = Path(env["DEVSTACK_DIR"]) / "logs" / "demo-learner-page.png"
+    try:
+        async with async_playwright() as pw:
+            b = await browser.launch(pw)
+            try:
+                page = await (await b.new_context()).new_page()
+                await page.goto(page_url(env, sign_in_token(env, user["user_id"]), room, AGENT))
+                first = await browser.wait_tutor(page, 60)
+                await page.screenshot(path=str(shot))
+                seen = []
+                for _ in range(PAGE_RELOADS):
+                    await page.reload()
+                    seen.append(await browser.wait_tutor(page, 30))
+            finally:
+                await b.close()
+        same_tutor = {s["agentIdentity"] for s in seen} == {first["agentIdentity"]}
+        if not same_tutor or not all(s["dispatch"]["reused"] for s in seen):
+            raise RuntimeError(f"a reload changed the tutor or the dispatch: {first} then {seen}")
+        objects = json.loads(kubectl(env, "get", "ad", "-n", DISPATCH_NAMESPACE, "-o", "json"))["items"]
+        mine = [o for o in objects if o["spec"]["room"] == room]
+        found = await dispatches_of(env, room)
+        if [o["metadata"]["name"] for o in mine] != [name] or len(found) != 1:
+            raise RuntimeError(f"{len(mine)} AgentDispatch objects and {len(found)} LiveKit dispatches for {room}")
+        return (
+            f"page joined {room}: tutor {first['agentIdentity']} present {first['agentPresentAtMs']} ms after load, "
+            f"session {first['sessionId']}\n{PAGE_RELOADS} reloads: reused dispatch {found[0].id}, the same tutor, "
+            f"1 AgentDispatch ({name}), 1 LiveKit dispatch; screenshot {shot}"
+        )
+    finally:
+        kubectl(env, "delete", "ad", name, "-n", DISPATCH_NAMESPACE, "--ignore-not-found", "--timeout=60s", check=False)
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -181,7 +225,7 @@ def main() -> int:
             operator = operator_process(
                 env,
                 Path(env["DEVSTACK_DIR"]) / "logs" / "demo-operator.log",
-                namespaces=["default"],
+                namespaces=["default", DISPATCH_NAMESPACE],  # and the learner page's objects
                 extra_env={"LEASE_NAME": "demo-operator", "CLEANUP_INTERVAL_MS": "2000"},
             ).start()
             operator.wait_healthy(timeout=60, body="ok")
@@ -283,6 +327,10 @@ def main() -> int:
             return f"learner left and rejoined: same agent {agent.identity}, same dispatch {after}"
 
         tl.step("page refresh: the same agent stays", refresh)
+        tl.step(
+            "the learner page in headless Chromium joins and refreshes: one dispatch, the same tutor",
+            lambda: run(browser_join_and_refresh(env)),
+        )
 
         def refresh_storm() -> str:
             for _ in range(20):

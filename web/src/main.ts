@@ -166,6 +166,7 @@ function showDispatch(d: JoinDispatch): void {
 }
 
 async function pollStatus(token: string): Promise<void> {
+  if (state.dispatch === null) return; // not joined yet: the object may not exist
   const path = `/api/v1/rooms/${encodeURIComponent(state.room)}/agent?agent_name=${encodeURIComponent(state.agentName)}`;
   try {
     const st = await api<AgentStatus>(token, "GET", path);
@@ -190,6 +191,7 @@ async function lesson(token: string): Promise<void> {
         agent_name: state.agentName,
       });
       showDispatch(joined.dispatch);
+      void pollStatus(token);
       log(
         joined.dispatch.reused
           ? `reused dispatch ${joined.dispatch.dispatchId ?? joined.dispatch.name}: waiting for the same tutor`
@@ -205,6 +207,10 @@ async function lesson(token: string): Promise<void> {
           })
           .on(RoomEvent.ParticipantAttributesChanged, () => showTutor(room))
           .on(RoomEvent.ConnectionStateChanged, (s: ConnectionState) => showConnection(String(s)))
+          .on(RoomEvent.SignalReconnecting, () => {
+            state.reconnects += 1;
+            log("connection to the server lost: resuming the same session");
+          })
           .on(RoomEvent.Reconnecting, () => {
             state.reconnects += 1;
             log("connection lost: reconnecting to the same room");
@@ -222,8 +228,11 @@ async function lesson(token: string): Promise<void> {
       showTutor(room);
       room.localParticipant.setMicrophoneEnabled(true).catch((err: Error) => log(`no microphone: ${err.message}`));
       const reason = await ended;
+      if (reason === DisconnectReason.CLIENT_INITIATED) {
+        log("left the room (page closed or reloaded)");
+        return;
+      }
       log(`disconnected (${reason === undefined ? "unknown" : DisconnectReason[reason]}); joining again`);
-      if (reason === DisconnectReason.CLIENT_INITIATED) return;
     } catch (err) {
       state.error = (err as Error).message;
       log(`join failed: ${state.error}`);

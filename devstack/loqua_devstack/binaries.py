@@ -14,7 +14,6 @@ Two build recipes:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -22,9 +21,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from loqua_devstack.processes import exclusive_lock
 
 KUBERNETES_VERSION = "1.33.13"
 ETCD_VERSION = "3.5.21"
@@ -149,7 +150,11 @@ def require_go() -> str:
     return go
 
 
-def _run(cmd: list[str], cwd: Path, log_file: Path, env: dict[str, str]) -> None:
+def run_logged(
+    cmd: list[str], cwd: Path | None, log_file: Path, env: dict[str, str], say: Callable[[str], None]
+) -> int:
+    """Run ``cmd`` with its output appended to ``log_file``, saying every 30 s that it still runs;
+    returns the exit code."""
     with log_file.open("a") as log:
         log.write(f"\n$ {' '.join(cmd)}  (in {cwd})\n")
         log.flush()
@@ -160,14 +165,22 @@ def _run(cmd: list[str], cwd: Path, log_file: Path, env: dict[str, str]) -> None
             time.sleep(1)
             if time.monotonic() - last_note >= 30:
                 last_note = time.monotonic()
-                _log(f"  ... still building ({int(last_note - started)} s so far)")
-    if proc.returncode != 0:
+                say(
+                    f"  ... {Path(cmd[0]).name} {cmd[1] if len(cmd) > 1 else ''} still running "
+                    f"({int(last_note - started)} s so far)"
+                )
+    return int(proc.returncode)
+
+
+def _run(cmd: list[str], cwd: Path, log_file: Path, env: dict[str, str]) -> None:
+    rc = run_logged(cmd, cwd, log_file, env, _log)
+    if rc != 0:
         tail = log_file.read_text(errors="replace").splitlines()[-15:]
         hint = ""
         joined = "\n".join(tail)
         if "proxy.golang.org" in joined or "dial tcp" in joined or "lookup" in joined:
             hint = " The Go module proxy could not be reached (check GOPROXY and the network)."
-        raise BuildError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}).{hint} Full log: {log_file}\n" + joined)
+        raise BuildError(f"`{' '.join(cmd)}` failed (exit {rc}).{hint} Full log: {log_file}\n" + joined)
 
 
 def _module_gomod(go: str, module: str, version: str, env: dict[str, str]) -> str:
@@ -277,17 +290,11 @@ def build(binary: GoBinary, force: bool = False) -> Path:
     return binary.path
 
 
-@contextlib.contextmanager
-def _build_lock() -> Iterator[None]:
+def _build_lock() -> contextlib.AbstractContextManager[None]:
     """One builder at a time per cache (two checkouts may run `make test` at once)."""
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    with (cache_dir() / "build.lock").open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _log("another build is running for this cache; waiting for it to finish")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    return exclusive_lock(
+        cache_dir() / "build.lock", lambda: _log("another build is running for this cache; waiting for it to finish")
+    )
 
 
 def ensure_all(names: list[str] | None = None, force: bool = False) -> dict[str, Path]:

@@ -1,20 +1,21 @@
 """Debian packages the stack and the tests need, installed once with apt-get (one home for all of them).
 
 Groups name what a package is for, so a message can say why it is being installed. Only the standard
-library is used: this runs before any Python package is installed, like the Go builder.
+library (and the Go builder's process helpers) is used: this runs before other packages are needed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
+
+from loqua_devstack.binaries import run_logged
+from loqua_devstack.processes import exclusive_lock
 
 # What each group is for -> its packages. Add a group rather than a second installer.
 GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -48,34 +49,20 @@ def missing(groups: list[str] | None = None) -> list[str]:
     return [p for p in dict.fromkeys(wanted) if not installed(p)]
 
 
-@contextlib.contextmanager
-def _apt_lock() -> Iterator[None]:
+def _apt_lock() -> contextlib.AbstractContextManager[None]:
     """One of our installers at a time on this machine (apt's own lock would make the second fail)."""
-    lock_path = Path(os.environ.get("TMPDIR", "/tmp")) / "loqua-agents-apt.lock"
-    with lock_path.open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _log("another install of Debian packages is running; waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    return exclusive_lock(
+        Path(os.environ.get("TMPDIR", "/tmp")) / "loqua-agents-apt.lock",
+        lambda: _log("another install of Debian packages is running; waiting for it"),
+    )
 
 
 def _apt(args: list[str], log_file: Path) -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    with log_file.open("a") as log:
-        log.write(f"\n$ apt-get {' '.join(args)}\n")
-        log.flush()
-        proc = subprocess.Popen(["apt-get", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
-        started = last = time.monotonic()
-        while proc.poll() is None:
-            time.sleep(1)
-            if time.monotonic() - last >= 30:
-                last = time.monotonic()
-                _log(f"  ... apt-get {args[0]} still running ({int(last - started)} s so far)")
-    if proc.returncode != 0:
+    rc = run_logged(["apt-get", *args], None, log_file, env, _log)
+    if rc != 0:
         tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-12:])
-        raise DebianError(f"`apt-get {' '.join(args)}` failed (exit {proc.returncode}); full log: {log_file}\n{tail}")
+        raise DebianError(f"`apt-get {' '.join(args)}` failed (exit {rc}); full log: {log_file}\n{tail}")
 
 
 def ensure(groups: list[str] | None = None, log_dir: Path | None = None) -> list[str]:

@@ -61,7 +61,7 @@ def create_user(env: dict[str, str], display_name: str = "Ana") -> dict:
         timeout=10,
         headers={"Authorization": f"Bearer {env['LOQUA_ADMIN_TOKEN']}"},
         json={
-            "email": f"{display_name.lower()}-{uuid.uuid4().hex[:4]}@example.com",
+            "email": f"{'.'.join(display_name.lower().split())}-{uuid.uuid4().hex[:4]}@example.com",
             "display_name": display_name,
             "preferences": {
                 "language_learning": "spanish",

@@ -5,16 +5,15 @@ check, an esbuild bundle. The reference Loqua API serves the result under ``/lea
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from loqua_devstack.binaries import BuildError, _run, cache_dir
+from loqua_devstack.processes import exclusive_lock
 
 SOURCE = Path(__file__).resolve().parents[2] / "web"
 INPUTS = ("package.json", "package-lock.json", "tsconfig.json", "index.html")
@@ -47,16 +46,10 @@ def is_built(source: Path = SOURCE) -> bool:
     return (out / "index.html").is_file() and (out / "assets" / "learner.js").is_file()
 
 
-@contextlib.contextmanager
-def _lock() -> Iterator[None]:
-    (cache_dir() / "web").mkdir(parents=True, exist_ok=True)
-    with (cache_dir() / "web" / "build.lock").open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _log("another build of the learner page is running; waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+def _lock() -> contextlib.AbstractContextManager[None]:
+    return exclusive_lock(
+        cache_dir() / "web" / "build.lock", lambda: _log("another build of the learner page is running; waiting for it")
+    )
 
 
 def ensure_built(source: Path = SOURCE) -> Path:

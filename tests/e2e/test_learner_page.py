@@ -26,7 +26,7 @@ from livekit import api
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from loqua_devstack import browser as browser_
-from loqua_devstack.learner import page_url, sign_in_token
+from loqua_devstack.learner import create_user, page_url, sign_in_token
 from loqua_devstack.loqua_api.dispatches import dispatch_name
 from loqua_devstack.services import ServiceProcess, kubectl
 from tests.conftest import LEARNERS_TTL_SECONDS
@@ -87,6 +87,23 @@ class Lesson:
         st = await self.wait_tutor()
         self.agent_identity, self.session_id = st["agentIdentity"], st["sessionId"]
         return st
+
+    async def close(self) -> None:
+        """Close the tab and end the lesson: delete the room's object (the operator ends the dispatch)."""
+        if self.context is not None:
+            await self.context.close()
+            self.context, self.page = None, None
+        kubectl(
+            self.env,
+            "delete",
+            "ad",
+            "-n",
+            self.env["DISPATCH_NAMESPACE"],
+            dispatch_name(self.room, self.agent_name),
+            "--ignore-not-found",
+            "--wait=false",
+            check=False,
+        )
 
     async def screenshot(self, name: str) -> Path:
         assert self.page is not None
@@ -157,13 +174,7 @@ async def lesson(
     tutor_worker: ServiceProcess,
     tutor_agent_name: str,
 ) -> AsyncIterator[Lesson]:
-    admin = {"Authorization": f"Bearer {stack_env['LOQUA_ADMIN_TOKEN']}"}
-    user_id = f"e2e-page-{uuid.uuid4().hex[:8]}"
-    async with httpx.AsyncClient(base_url=stack_env["LOQUA_API_URL"], timeout=15, headers=admin) as http:
-        resp = await http.post(
-            "/admin/users", json={"user_id": user_id, "email": f"{user_id}@example.com", "display_name": "Ana Browser"}
-        )
-        assert resp.status_code == 201, resp.text
+    user_id = create_user(stack_env, "Ana Browser")["user_id"]
     room = f"page-{uuid.uuid4().hex[:8]}"
     url = page_url(stack_env, sign_in_token(stack_env, user_id), room, tutor_agent_name)
     ls = Lesson(stack_env, browser, logs_dir, tutor_agent_name, user_id, room, url)
@@ -171,20 +182,8 @@ async def lesson(
         yield ls
     finally:
         (logs_dir / f"learner-page-console-{room}.log").write_text("\n".join(ls.console))
-        if ls.context is not None:
-            await ls.context.close()
         # A step that failed halfway may leave the object: remove it (the operator ends the dispatch).
-        kubectl(
-            stack_env,
-            "delete",
-            "ad",
-            "-n",
-            stack_env["DISPATCH_NAMESPACE"],
-            dispatch_name(room, tutor_agent_name),
-            "--ignore-not-found",
-            "--wait=false",
-            check=False,
-        )
+        await ls.close()
 
 
 async def test_page_joins_and_the_tutor_joins(lesson: Lesson) -> None:
@@ -288,3 +287,36 @@ async def test_closed_tab_goes_idle_expires_and_stores_one_session(lesson: Lesso
     rec = await lesson.records()
     assert [s["session_id"] for s in rec["sessions"]] == [lesson.session_id]
     assert [p for p in rec["progress_updates"] if p["data"]["status"] == "completed"]
+
+
+async def test_fresh_page_loads_each_get_exactly_one_tutor(
+    stack_env: dict[str, str], browser: Browser, logs_dir: Path, lesson: Lesson
+) -> None:
+    """10 first visits to 10 new rooms (a cold dispatch and a new agent job each): every page gets
+    its tutor, every room exactly one AgentDispatch, one dispatch and one agent. The time from page
+    load to the tutor's presence is recorded (median of 10) for the notes."""
+    present_ms: list[int] = []
+    for i in range(RELOADS):
+        room = f"fresh-{i}-{uuid.uuid4().hex[:6]}"
+        one = Lesson(
+            stack_env,
+            browser,
+            logs_dir,
+            lesson.agent_name,
+            lesson.user_id,
+            room,
+            page_url(stack_env, sign_in_token(stack_env, lesson.user_id), room, lesson.agent_name),
+        )
+        try:
+            st = await one.open()
+            assert st["dispatch"]["reused"] is False, st["dispatch"]
+            await one.assert_one_of_each()
+            present_ms.append(int(st["agentPresentAtMs"]))
+        finally:
+            await one.close()
+    write_figures(
+        logs_dir,
+        fresh_loads=RELOADS,
+        fresh_load_agent_present_ms=present_ms,
+        fresh_load_agent_present_median_ms=statistics.median(present_ms),
+    )

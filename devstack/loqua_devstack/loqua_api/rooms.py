@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import secrets
 import time
 from typing import Any
@@ -51,31 +52,27 @@ def _rooms(request: web.Request) -> tuple[RoomsConfig, Dispatches]:
     return config, request.app[DISPATCHES]
 
 
-def room_name(value: Any, field: str = "room_name") -> str:
-    """A room name as the AgentDispatch CRD accepts it (1-128 chars, ``^[A-Za-z0-9][A-Za-z0-9_.:-]*$``)."""
+def _name(value: Any, field: str, max_len: int, pattern: re.Pattern[str], rule: str) -> str:
     if value is None or (isinstance(value, str) and not value.strip()):
         raise ApiError(400, "MISSING_FIELD", f"{field} is required")
-    if not isinstance(value, str) or len(value) > ROOM_MAX or not ROOM_RE.match(value):
-        raise ApiError(
-            400,
-            "INVALID_FIELD",
-            f"{field} must be 1-{ROOM_MAX} characters: letters, digits and _ . : - (starting with a letter or digit)",
-        )
+    if not isinstance(value, str) or len(value) > max_len or not pattern.match(value):
+        raise ApiError(400, "INVALID_FIELD", f"{field} must be {rule}")
     return value
+
+
+def room_name(value: Any, field: str = "room_name") -> str:
+    """A room name as the AgentDispatch CRD accepts it (1-128 chars, ``^[A-Za-z0-9][A-Za-z0-9_.:-]*$``)."""
+    rule = f"1-{ROOM_MAX} characters: letters, digits and _ . : - (starting with a letter or digit)"
+    return _name(value, field, ROOM_MAX, ROOM_RE, rule)
 
 
 def agent_name(value: Any, field: str = "agent_name") -> str:
     """An agent name as workers register it and the CRD accepts it: a DNS label."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise ApiError(400, "MISSING_FIELD", f"{field} is required")
-    if not isinstance(value, str) or len(value) > AGENT_NAME_MAX or not AGENT_NAME_RE.match(value):
-        raise ApiError(
-            400,
-            "INVALID_FIELD",
-            f"{field} must be a DNS label: at most {AGENT_NAME_MAX} lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit",
-        )
-    return value
+    rule = (
+        f"a DNS label: at most {AGENT_NAME_MAX} lowercase letters, digits and '-', "
+        "starting and ending with a letter or digit"
+    )
+    return _name(value, field, AGENT_NAME_MAX, AGENT_NAME_RE, rule)
 
 
 def dispatch_json(view: DispatchView, reused: bool) -> dict[str, Any]:

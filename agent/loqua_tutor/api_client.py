@@ -29,10 +29,11 @@ import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel, ValidationError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -42,15 +43,29 @@ from tenacity import (
 )
 
 from loqua_tutor.breaker import CircuitBreaker, CircuitOpenError, Permit
+from loqua_tutor.contract import (
+    HEALTH,
+    PROGRESS,
+    SESSIONS,
+    USER_CONTEXT,
+    USER_TOKEN,
+    HealthRequest,
+    HealthResponse,
+    ProgressAck,
+    ProgressUpdate,
+    SessionCreated,
+    SessionRecord,
+    UserContextResponse,
+    UserTokenRequest,
+    UserTokenResponse,
+    body,
+)
 from loqua_tutor.metrics import JobMetrics
 
 log = logging.getLogger(__name__)
 
-USER_TOKEN = "/api/v1/agent/user-token"
-USER_CONTEXT = "/api/v1/agent/user/{user_id}/context"
-PROGRESS = "/api/v1/agent/progress"
-SESSIONS = "/api/v1/agent/sessions"
-HEALTH = "/api/v1/agent/health"
+# The endpoint templates are the metric label values; their home is the contract.
+__all__ = ["HEALTH", "PROGRESS", "SESSIONS", "USER_CONTEXT", "USER_TOKEN", "ApiError", "LoquaApiClient"]
 
 Auth = Literal["agent", "user"]
 
@@ -129,6 +144,17 @@ def shared_ssl_context() -> ssl.SSLContext:
         return _ssl_context
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def _parse(model: type[M], answer: dict[str, Any], endpoint: str, method: str) -> M:
+    try:
+        return model.model_validate(answer)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors()[:3])
+        raise ApiError(endpoint, method, 200, f"response does not match seed 003 ({fields})") from None
+
+
 def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, ApiError) and exc.retryable
 
@@ -189,22 +215,27 @@ class LoquaApiClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    # ---- the five endpoints ------------------------------------------------------------------
-    async def request_user_token(self, *, room_name: str, user_id: str) -> dict[str, Any]:
-        body = {"room_name": room_name, "user_id": user_id, "agent_id": self._agent_id}
-        return await self.call("POST", USER_TOKEN, json_body=body, auth="agent")
+    # ---- the five endpoints (bodies: loqua_tutor.contract) ----------------------------------------
+    async def request_user_token(self, *, room_name: str, user_id: str) -> UserTokenResponse:
+        request = UserTokenRequest(room_name=room_name, user_id=user_id, agent_id=self._agent_id)
+        answer = await self.call("POST", USER_TOKEN, json_body=body(request), auth="agent")
+        return _parse(UserTokenResponse, answer, USER_TOKEN, "POST")
 
-    async def get_user_context(self, user_id: str, *, force: bool = False) -> dict[str, Any]:
-        return await self.call("GET", USER_CONTEXT, params={"user_id": user_id}, auth="user", force=force)
+    async def get_user_context(self, user_id: str, *, force: bool = False) -> UserContextResponse:
+        answer = await self.call("GET", USER_CONTEXT, params={"user_id": user_id}, auth="user", force=force)
+        return _parse(UserContextResponse, answer, USER_CONTEXT, "GET")
 
-    async def update_progress(self, body: Mapping[str, Any], *, force: bool = False) -> dict[str, Any]:
-        return await self.call("POST", PROGRESS, json_body=body, auth="user", force=force)
+    async def update_progress(self, update: ProgressUpdate, *, force: bool = False) -> ProgressAck:
+        answer = await self.call("POST", PROGRESS, json_body=body(update), auth="user", force=force)
+        return _parse(ProgressAck, answer, PROGRESS, "POST")
 
-    async def create_session(self, body: Mapping[str, Any], *, force: bool = False) -> dict[str, Any]:
-        return await self.call("POST", SESSIONS, json_body=body, auth="user", force=force)
+    async def create_session(self, record: SessionRecord, *, force: bool = False) -> SessionCreated:
+        answer = await self.call("POST", SESSIONS, json_body=body(record), auth="user", force=force)
+        return _parse(SessionCreated, answer, SESSIONS, "POST")
 
-    async def health(self, user_id: str) -> dict[str, Any]:
-        return await self.call("POST", HEALTH, json_body={"userId": user_id}, auth="user")
+    async def health(self, user_id: str) -> HealthResponse:
+        answer = await self.call("POST", HEALTH, json_body=body(HealthRequest(userId=user_id)), auth="user")
+        return _parse(HealthResponse, answer, HEALTH, "POST")
 
     # ---- machinery ---------------------------------------------------------------------------
     async def call(

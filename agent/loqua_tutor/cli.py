@@ -14,10 +14,11 @@ import sys
 from typing import Any
 
 from loqua_common.settings import SettingsError, load_settings
-from loqua_tutor import __version__
-from loqua_tutor.settings import SECRET_ENV_VARS, TIER_SESSIONS, Tier, TutorSettings
+from loqua_tutor import __version__, tiers
+from loqua_tutor.settings import SECRET_ENV_VARS, TutorSettings
+from loqua_tutor.tiers import TIERS, Tier
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 The Loqua tutor worker (livekit-agents): joins a room when dispatched, waits for the learner,
 exchanges its agent JWT for the learner's encrypted JWT and runs the session against the Loqua API
 (context, health, progress every 30 s, a learning-session record at the end).
@@ -26,10 +27,11 @@ Settings come from the environment (flags of `start` override a few):
   AGENT_JWT_TOKEN, AGENT_ID, API_BASE_URL                          (required)
   SHARED_SECRET, or DEV_/STAGING_/PROD_AGENT_SECRET by LOQUA_ENV (dev)  (required)
   SHARED_SECRET_PAD_BYTE (0x00)   LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET (required)
-  AGENT_NAME ("" = automatic dispatch)   TIER (basic-conversation|ai-processing|specialized-tutor)
-  MAX_CONCURRENT_SESSIONS (from TIER: 10|5|3)   JOB_EXECUTOR (process|thread)
+  AGENT_NAME ("" = automatic dispatch)   TIER ({tiers.names()})
+  MAX_CONCURRENT_SESSIONS (from TIER: {tiers.sessions_by_tier()})   JOB_EXECUTOR (process|thread)
   PARTICIPANT_WAIT_TIMEOUT_SECONDS (45)   PROGRESS_INTERVAL_SECONDS (30)
   DRAIN_TIMEOUT_SECONDS (600)   FINALIZE_TIMEOUT_SECONDS (30)
+  API_TIMEOUT_SECONDS (10)   API_MAX_RETRIES (3)   BREAKER_FAILURE_THRESHOLD (5)   BREAKER_RESET_SECONDS (30)
   METRICS_PORT (9101)   HEALTH_PORT (8081)   LOG_FORMAT (text|json)   LOG_LEVEL (INFO)
   LOG_RATE_LIMIT (400)   REGION (local)   STT_PROVIDER, LLM_PROVIDER, TTS_PROVIDER ("" = text-free)
 See docs/tutor.md for the full table.
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             f"settings ok: agent_id={settings.agent_id} "
             f"agent_name={settings.agent_name or '(automatic dispatch)'} "
             f"tier={settings.tier.value} max_sessions={settings.max_sessions} "
-            f"(tier default {TIER_SESSIONS[settings.tier]}) executor={settings.job_executor} "
+            f"(tier default {TIERS[settings.tier].sessions}) executor={settings.job_executor} "
             f"api={settings.api_base_url} livekit={settings.livekit_url} "
             f"voice={'on' if settings.voice_enabled else 'off (text-free mode)'}"
         )

@@ -97,13 +97,3 @@ def decrypt_user_token(encrypted: str, key: bytes) -> str:
     if token is None:
         raise TokenDecryptionError()
     return token
-
-
-def encrypt_token(token: str, key: bytes, iv: bytes) -> str:
-    """The API's side of the format; used by tests and benchmarks to build valid inputs."""
-    if len(iv) != IV_BYTES:
-        raise ValueError(f"iv must be {IV_BYTES} bytes")
-    padder = padding.PKCS7(algorithms.AES.block_size).padder()
-    padded = padder.update(token.encode("utf-8")) + padder.finalize()
-    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
-    return f"{iv.hex()}:{(encryptor.update(padded) + encryptor.finalize()).hex()}"

@@ -4,8 +4,10 @@
    clean end of the job);
 2. read ``user_id`` (required: missing → error log, metric, clean end), ``sessionId``,
    ``display_name``, ``email`` from the learner's attributes;
-3. start the session (token exchange, context, health check, progress loop) and the tools: the
-   voice pipeline when providers are configured, else the ``tutor.tool`` RPC method;
+3. start the session (token exchange, context, health check, progress loop) and the tutor - the
+   ``Tutor`` agent (loqua_tutor.agent) with its tools on an AgentSession's userdata: started with
+   the voice pipeline when providers are configured; its tools also over the ``tutor.tool`` RPC
+   method, for the session's learner only;
 4. stay: a learner who leaves (page refresh) is waited for again; the session ends when the job
    does - dispatch deleted, room closed, or worker drained - and is finalized exactly once from
    ``on_session_end`` (before the room is left), with a shutdown callback as the fallback.
@@ -20,10 +22,11 @@ import time
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import AutoSubscribe, JobContext
+from livekit.agents import AgentSession, AutoSubscribe, JobContext, room_io
 
 from loqua_common.logging import set_context
 from loqua_common.tokenkey import derive_key
+from loqua_tutor.agent import RPC_METHOD, Tutor, TutorData, run_tool_call
 from loqua_tutor.api_client import LoquaApiClient, shared_ssl_context
 from loqua_tutor.breaker import CircuitBreaker
 from loqua_tutor.cache import TTLCache
@@ -31,9 +34,8 @@ from loqua_tutor.learner import Learner, Refusal, learner_from_attributes
 from loqua_tutor.metrics import JobMetrics, job_metrics
 from loqua_tutor.session import TutorSession
 from loqua_tutor.settings import TutorSettings
+from loqua_tutor.state import UserContext
 from loqua_tutor.token_manager import TokenManager, user_token_exchange
-from loqua_tutor.tools import RPC_METHOD, TutorTools, handle_rpc_payload
-from loqua_tutor.tracker import UserContext
 
 log = logging.getLogger("loqua_tutor.job")
 
@@ -159,7 +161,9 @@ async def wait_for_learner(room: rtc.Room, user_id: str | None = None) -> rtc.Re
         room.off("disconnected", on_disconnected)
 
 
-async def _follow_learner(ctx: JobContext, session: TutorSession, identity: str, voice: Any | None) -> None:
+async def _follow_learner(
+    ctx: JobContext, session: TutorSession, identity: str, voice: AgentSession[TutorData] | None
+) -> None:
     """Keep the session through page refreshes: when the learner leaves, wait for them again."""
     room = ctx.room
     current = identity
@@ -186,30 +190,29 @@ async def _follow_learner(ctx: JobContext, session: TutorSession, identity: str,
         session.participant_identity = current
 
 
-async def _start_voice(
-    settings: TutorSettings, ctx: JobContext, session: TutorSession, tools: TutorTools, identity: str
-) -> Any:
-    from livekit.agents import Agent, AgentSession, room_io
-
-    from loqua_tutor.instructions import build_instructions
+def _agent_session(settings: TutorSettings, data: TutorData) -> AgentSession[TutorData]:
+    """The AgentSession that holds the tools' userdata. Voice mode: with the configured providers,
+    started in the room. Text-free mode: no models and never started - the tools run only over RPC."""
+    if not settings.voice_enabled:
+        return AgentSession[TutorData](userdata=data)
     from loqua_tutor.pipeline import build_voice_components
-    from loqua_tutor.tools import llm_tools
 
     parts = build_voice_components(settings)
-    agent = Agent(
-        instructions=build_instructions(session.context, session.learner.display_name), tools=llm_tools(tools)
-    )
-    voice = AgentSession(stt=parts.stt, llm=parts.llm, tts=parts.tts, vad=parts.vad)
+    return AgentSession[TutorData](userdata=data, stt=parts.stt, llm=parts.llm, tts=parts.tts, vad=parts.vad)
+
+
+async def _start_voice(ctx: JobContext, agent: Tutor, voice: AgentSession[TutorData], identity: str) -> None:
     await voice.start(
         agent,
         room=ctx.room,
         # close_on_disconnect=False: a page refresh must not end the session.
         room_options=room_io.RoomOptions(close_on_disconnect=False, participant_identity=identity),
     )
-    return voice
 
 
-def _register_rpc(ctx: JobContext, session: TutorSession, tools: TutorTools, metrics: JobMetrics) -> None:
+def _register_rpc(
+    ctx: JobContext, session: TutorSession, agent: Tutor, tools_session: AgentSession[TutorData], metrics: JobMetrics
+) -> None:
     async def handler(data: rtc.RpcInvocationData) -> str:
         # Only the session's learner (the participant the session follows, across page refreshes)
         # may record progress: anyone else in the room is refused before the payload is read.
@@ -217,7 +220,7 @@ def _register_rpc(ctx: JobContext, session: TutorSession, tools: TutorTools, met
             metrics.rpc_rejected.labels("not_learner").inc()
             log.warning("refused %s call from %s: not the session's learner", RPC_METHOD, data.caller_identity)
             raise rtc.RpcError(RPC_FORBIDDEN, "only the session's learner may call tutor tools")
-        return handle_rpc_payload(tools, data.payload)
+        return await run_tool_call(agent, tools_session, data.payload)
 
     ctx.room.local_participant.register_rpc_method(RPC_METHOD, handler)
 
@@ -263,14 +266,15 @@ async def entrypoint(settings: TutorSettings, ctx: JobContext) -> None:
     session = build_session(settings, room_name, learner, metrics)
     _sessions[job_id] = session
     ctx.add_shutdown_callback(_shutdown_fallback(job_id))
-    tools = TutorTools(session.tracker, session_id=learner.session_id, metrics=metrics)
-    voice = None
+    voice: AgentSession[TutorData] | None = None
     try:
-        if not settings.voice_enabled:
-            _register_rpc(ctx, session, tools, metrics)  # before start(): tools only touch the tracker
         await session.start()
+        agent = Tutor(session.context, learner.display_name)
+        tools_session = _agent_session(settings, TutorData(session.state, learner.session_id, metrics))
+        _register_rpc(ctx, session, agent, tools_session, metrics)
         if settings.voice_enabled:
-            voice = await _start_voice(settings, ctx, session, tools, participant.identity)
+            voice = tools_session
+            await _start_voice(ctx, agent, voice, participant.identity)
         with contextlib.suppress(Exception):
             await ctx.room.local_participant.set_attributes(
                 {ATTR_SESSION_ID: learner.session_id, ATTR_STATUS: "active"}

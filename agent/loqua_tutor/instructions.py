@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from loqua_tutor.tracker import LearningPace, UserContext
+from loqua_tutor.contract import LearningPace
+from loqua_tutor.state import UserContext
 
 _PACE = {
     LearningPace.SLOW: "Speak slowly, use short sentences and common words, and repeat new words often.",

@@ -1,6 +1,6 @@
 """One learner session against the Loqua API: context, health, periodic progress, finalize-once.
 
-The conversation never waits for the API. Tools update the tracker in memory; a background loop
+The conversation never waits for the API. Tools update the session state in memory; a background loop
 sends progress every ``progress_interval`` seconds when something changed. While the API is down
 the session runs on cached (or default) context and keeps one progress update pending - always
 the latest state - until the API answers again. At the end, :meth:`TutorSession.finalize` sends
@@ -22,17 +22,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from loqua_tutor.api_client import ApiError, LoquaApiClient
 from loqua_tutor.breaker import CircuitOpenError
 from loqua_tutor.cache import TTLCache
+from loqua_tutor.contract import ProgressStatus, SessionRecord
 from loqua_tutor.crypto import TokenDecryptionError
 from loqua_tutor.learner import Learner
 from loqua_tutor.metrics import JobMetrics
+from loqua_tutor.scoring import progress_update, session_record
+from loqua_tutor.state import SessionState, UserContext
 from loqua_tutor.token_manager import TokenManager, TokenUnavailableError
-from loqua_tutor.tracker import (
-    ProgressStatus,
-    ProgressTracker,
-    UserContext,
-    progress_body,
-    session_record,
-)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +60,7 @@ class TutorSession:
         self.room_name = room_name
         self.api = api
         self.tokens = tokens
-        self.tracker = ProgressTracker()
+        self.state = SessionState()
         self.context = UserContext.default(learner.user_id)
         self._cache = context_cache
         self._metrics = metrics
@@ -142,13 +138,8 @@ class TutorSession:
         except API_UNAVAILABLE as exc:
             log.warning("initial health check failed (%s); continuing in degraded mode", type(exc).__name__)
             return False
-        permissions = body.get("permissions")
-        log.info(
-            "health check: status=%s permissions=%s",
-            body.get("status", "?"),
-            ",".join(p for p in permissions if isinstance(p, str)) if isinstance(permissions, list) else "-",
-        )
-        return body.get("status") == "healthy"
+        log.info("health check: status=%s permissions=%s", body.status, ",".join(body.permissions) or "-")
+        return body.status == "healthy"
 
     # ---- progress ----------------------------------------------------------------------------
     async def _progress_loop(self) -> None:
@@ -169,11 +160,11 @@ class TutorSession:
         """Send the latest state if it changed since the last delivered update (or is pending;
         ``force``: in any case). ``urgent``: through the breaker whatever its state (the final
         update). Returns whether the API has the latest state afterwards."""
-        version = self.tracker.version
+        version = self.state.version
         if not force and version == self._sent_version and not self._pending:
             return True
         self._set_pending(True)
-        body = progress_body(self.learner.user_id, self.session_id, status, self.tracker.snapshot())
+        body = progress_update(self.learner.user_id, self.session_id, status, self.state.snapshot())
         try:
             await self.api.update_progress(body, force=urgent)
         except API_UNAVAILABLE as exc:
@@ -183,7 +174,7 @@ class TutorSession:
             log.warning("progress update not delivered (%s); kept for the next attempt", type(exc).__name__)
             return False
         self._sent_version = version
-        self._set_pending(self.tracker.version != version)
+        self._set_pending(self.state.version != version)
         if self._metrics is not None:
             self._metrics.progress_updates.labels("sent").inc()
         return True
@@ -212,7 +203,7 @@ class TutorSession:
                 await self._loop_task
         seconds = self._clock() - (self._started_at if self._started_at is not None else self._clock())
         progress_done = False
-        record: dict | None = None
+        record: SessionRecord | None = None
         record_done = False
         attempt = 0
         why = ""
@@ -266,7 +257,7 @@ class TutorSession:
     async def _final_progress(self, status: ProgressStatus) -> bool:
         return await self.send_progress(status, force=True, urgent=True)
 
-    async def _build_record(self, seconds: float, deadline: float) -> dict | None:
+    async def _build_record(self, seconds: float, deadline: float) -> SessionRecord | None:
         if not self.context.known:
             # Achievements depend on history; the API may be back by now.
             with contextlib.suppress(TimeoutError):
@@ -279,7 +270,7 @@ class TutorSession:
                 user_id=self.learner.user_id,
                 session_id=self.session_id,
                 seconds=seconds,
-                snapshot=self.tracker.snapshot(),
+                snapshot=self.state.snapshot(),
                 context=self.context,
                 today=today,
             )
@@ -289,7 +280,7 @@ class TutorSession:
             self.record_delivered = False
             return None
 
-    async def _send_record(self, record: dict) -> bool | str:
+    async def _send_record(self, record: SessionRecord) -> bool | str:
         """True when delivered, "rejected" when the API refused it for good, False to retry."""
         try:
             await self.api.create_session(record, force=True)
@@ -303,15 +294,15 @@ class TutorSession:
             return False
         return True
 
-    def _delivered(self, record: dict) -> None:
+    def _delivered(self, record: SessionRecord) -> None:
         self._count_record("delivered")
         self.record_delivered = True
         log.info(
             "session record delivered: %d words, %d phrases, performance=%s, achievements=%s",
-            len(record["new_vocabulary"]),
-            self.tracker.snapshot().phrases_practiced,
-            record["overall_performance"],
-            ",".join(record["achievements"]) or "-",
+            len(record.new_vocabulary),
+            self.state.snapshot().phrases_practiced,
+            record.overall_performance.value,
+            ",".join(record.achievements) or "-",
         )
 
     def _lost(self, why: str) -> None:

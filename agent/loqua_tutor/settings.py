@@ -7,7 +7,6 @@ values are ``SecretStr`` so they are never echoed.
 
 from __future__ import annotations
 
-import enum
 import re
 from typing import Literal
 
@@ -15,20 +14,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loqua_common.tokenkey import parse_pad_byte
-
-
-class Tier(enum.StrEnum):
-    BASIC_CONVERSATION = "basic-conversation"
-    AI_PROCESSING = "ai-processing"
-    SPECIALIZED_TUTOR = "specialized-tutor"
-
-
-# Concurrent sessions per worker, from the tier table (design §5 / seed 003).
-TIER_SESSIONS: dict[Tier, int] = {
-    Tier.BASIC_CONVERSATION: 10,
-    Tier.AI_PROCESSING: 5,
-    Tier.SPECIALIZED_TUTOR: 3,
-}
+from loqua_tutor.tiers import TIERS, Tier
 
 ENV_SECRETS = {"dev": "DEV_AGENT_SECRET", "staging": "STAGING_AGENT_SECRET", "prod": "PROD_AGENT_SECRET"}
 
@@ -208,7 +194,7 @@ class TutorSettings(BaseSettings):
     # ---- derived -----------------------------------------------------------------------------
     @property
     def max_sessions(self) -> int:
-        return self.max_concurrent_sessions or TIER_SESSIONS[self.tier]
+        return self.max_concurrent_sessions or TIERS[self.tier].sessions
 
     @property
     def pad_byte(self) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.rest import ApiException
 
+from loqua_common import timefmt
 from loqua_operator.model import DispatchKey, ObjectRef
 
 GROUP = "agents.loqua.app"
@@ -112,7 +113,7 @@ class Kube:
     async def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on the object (what ``kubectl describe`` shows), from outside kopf handlers."""
         meta = body.get("metadata") or {}
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        now = timefmt.iso_micro(dt.datetime.now(dt.UTC))
         event = {
             "metadata": {"generateName": f"{meta.get('name', 'agentdispatch')}.", "namespace": meta.get("namespace")},
             "involvedObject": {

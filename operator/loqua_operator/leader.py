@@ -17,6 +17,7 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
+from loqua_common import timefmt
 from loqua_operator.kube import Kube
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def decide(lease: LeaseView | None, identity: str, now: dt.datetime) -> LeaseAct
 
 
 def _micro(ts: dt.datetime) -> str:
-    return ts.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return timefmt.iso_micro(ts)
 
 
 class LeaderElector:

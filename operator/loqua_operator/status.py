@@ -6,6 +6,8 @@ import datetime as dt
 from enum import StrEnum
 from typing import Any
 
+from loqua_common import timefmt
+
 READY = "Ready"
 DISPATCHED = "Dispatched"
 MAX_MESSAGE = 1024  # keep conditions readable and objects small
@@ -21,13 +23,11 @@ class Phase(StrEnum):
 
 def iso(ts: dt.datetime) -> str:
     """RFC 3339 with a Z, second precision, the way Kubernetes writes metav1.Time."""
-    return ts.astimezone(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return timefmt.iso_seconds(ts)
 
 
 def parse_iso(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return timefmt.parse_iso(value) if value else None
 
 
 def condition(

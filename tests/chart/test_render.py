@@ -110,12 +110,12 @@ def test_tier_sizes_the_worker(helm: Helm, tier: str) -> None:
 
 
 def test_tier_table_matches_the_worker_code(helm: Helm) -> None:
-    from loqua_tutor.settings import TIER_SESSIONS
+    from loqua_tutor.tiers import TIERS
 
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert {t.value: n for t, n in TIER_SESSIONS.items()} == {
-        k: v["sessions"] for k, v in values["tiers"].items()
-    }
+    code = {t.value: {"cpu": s.cpu, "memory": s.memory, "sessions": s.sessions} for t, s in TIERS.items()}
+    chart = {k: {key: v[key] for key in ("cpu", "memory", "sessions")} for k, v in values["tiers"].items()}
+    assert code == chart
 
 
 @pytest.mark.parametrize(

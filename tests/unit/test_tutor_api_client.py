@@ -15,9 +15,25 @@ from prometheus_client import CollectorRegistry
 
 from loqua_tutor.api_client import ApiError, LoquaApiClient, parse_retry_after
 from loqua_tutor.breaker import BreakerState, CircuitBreaker, CircuitOpenError
+from loqua_tutor.contract import Performance, ProgressStatus, SessionRecord
 from loqua_tutor.metrics import JobMetrics
+from loqua_tutor.scoring import progress_update
+from loqua_tutor.state import ProgressSnapshot
 
 AGENT_TOKEN = "agent.jwt.token"
+UPDATE = progress_update("u1", "sess_1_a", ProgressStatus.IN_PROGRESS, ProgressSnapshot())
+RECORD = SessionRecord(
+    userId="u1",
+    sessionId="sess_1_a",
+    duration_minutes=1,
+    topics_covered=["conversation"],
+    new_vocabulary=[],
+    grammar_points=[],
+    pronunciation_practice_count=0,
+    overall_performance=Performance.FAIR,
+    achievements=[],
+    next_session_recommendations=[],
+)
 
 
 class Sleeps:
@@ -89,7 +105,7 @@ def count(metrics: JobMetrics, endpoint: str, status: str, method: str = "POST")
 
 
 async def test_headers_body_and_templated_metric_label() -> None:
-    handler, seen = sequence(ok({"user_id": "u/1"}))
+    handler, seen = sequence(ok({"user_id": "u/1", "encrypted_token": "00:00"}))
     client, _, metrics, _ = make_client(handler)
     await client.get_user_context("u/1")
     await client.request_user_token(room_name="room-1", user_id="u/1")
@@ -107,7 +123,7 @@ async def test_headers_body_and_templated_metric_label() -> None:
 async def test_retries_5xx_with_exponential_backoff_then_succeeds() -> None:
     handler, seen = sequence(httpx.Response(503), httpx.Response(500), httpx.Response(502), ok())
     client, sleeps, metrics, _ = make_client(handler)
-    assert await client.update_progress({"userId": "u"}) == {"success": True}
+    assert (await client.update_progress(UPDATE)).success
     assert len(seen) == 4
     # initial * 2**n plus jitter in [0, initial]
     for delay, base in zip(sleeps.delays, (0.5, 1.0, 2.0), strict=True):
@@ -120,7 +136,7 @@ async def test_at_most_three_retries() -> None:
     handler, seen = sequence(httpx.Response(503))
     client, sleeps, _, _ = make_client(handler)
     with pytest.raises(ApiError) as info:
-        await client.update_progress({})
+        await client.update_progress(UPDATE)
     assert info.value.status == 503 and len(seen) == 4 and len(sleeps.delays) == 3
 
 
@@ -135,21 +151,21 @@ async def test_network_errors_are_retried() -> None:
 async def test_429_honours_retry_after_seconds() -> None:
     handler, seen = sequence(httpx.Response(429, headers={"Retry-After": "7"}), ok())
     client, sleeps, _, _ = make_client(handler)
-    await client.create_session({})
+    await client.create_session(RECORD)
     assert sleeps.delays == [7.0] and len(seen) == 2
 
 
 async def test_429_retry_after_is_capped_and_falls_back_to_backoff() -> None:
     handler, _ = sequence(httpx.Response(429, headers={"Retry-After": "3600"}), httpx.Response(429), ok())
     client, sleeps, _, _ = make_client(handler)
-    await client.create_session({})
+    await client.create_session(RECORD)
     assert sleeps.delays[0] == 30.0 and 1.0 <= sleeps.delays[1] <= 1.5
 
 
 async def test_503_honours_retry_after_too() -> None:
     handler, seen = sequence(httpx.Response(503, headers={"Retry-After": "4"}), ok())
     client, sleeps, _, _ = make_client(handler)
-    await client.update_progress({})
+    await client.update_progress(UPDATE)
     assert sleeps.delays == [4.0] and len(seen) == 2
 
 
@@ -162,7 +178,7 @@ async def test_any_retry_after_value_is_safe(status: int, value: str) -> None:
     """A header that is not delta-seconds nor an HTTP date is ignored: the backoff applies."""
     handler, seen = sequence(httpx.Response(status, headers={"Retry-After": value.encode("utf-8")}), ok())
     client, sleeps, _, _ = make_client(handler)
-    await client.update_progress({})
+    await client.update_progress(UPDATE)
     assert len(seen) == 2 and len(sleeps.delays) == 1 and 0.5 <= sleeps.delays[0] <= 1.0
 
 
@@ -212,14 +228,14 @@ async def test_cancelled_attempt_in_half_open_releases_the_trial_slot() -> None:
         user_tokens=Tokens(),
         transport=httpx.MockTransport(handler),
     )
-    task = asyncio.create_task(client.update_progress({}))
+    task = asyncio.create_task(client.update_progress(UPDATE))
     await hang.wait()
     assert breaker.trials_in_flight == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert breaker.trials_in_flight == 0 and breaker.state == BreakerState.HALF_OPEN
-    await client.create_session({})  # the next call is let through as the trial, and closes it
+    await client.create_session(RECORD)  # the next call is let through as the trial, and closes it
     assert breaker.state == BreakerState.CLOSED
     await client.aclose()
 
@@ -230,16 +246,16 @@ async def test_forced_call_goes_out_while_the_breaker_is_open() -> None:
     breaker.record_failure()
     client, _, _, _ = make_client(handler, breaker=breaker)
     with pytest.raises(CircuitOpenError):
-        await client.create_session({})
+        await client.create_session(RECORD)
     assert seen == []
-    await client.create_session({}, force=True)
+    await client.create_session(RECORD, force=True)
     assert len(seen) == 1 and breaker.state == BreakerState.CLOSED
 
 
 async def test_401_on_user_endpoint_refreshes_token_once() -> None:
     handler, seen = sequence(httpx.Response(401), ok())
     client, _, _, tokens = make_client(handler)
-    await client.update_progress({})
+    await client.update_progress(UPDATE)
     assert tokens.forced == 1
     assert [r.headers["Authorization"] for r in seen] == ["Bearer user.jwt.one", "Bearer user.jwt.two"]
 
@@ -250,16 +266,16 @@ async def test_breaker_opens_on_failures_and_fails_fast() -> None:
     handler, seen = sequence(httpx.Response(503))
     client, _, metrics, _ = make_client(handler, breaker=breaker)
     with pytest.raises(ApiError):
-        await client.update_progress({})  # 4 attempts, 4 failures: opens
+        await client.update_progress(UPDATE)  # 4 attempts, 4 failures: opens
     assert breaker.state == BreakerState.OPEN
     with pytest.raises(CircuitOpenError):
-        await client.update_progress({})
+        await client.update_progress(UPDATE)
     assert len(seen) == 4  # the second call never reached the network
     assert count(metrics, "/api/v1/agent/progress", "circuit_open") == 1
     clock[0] = 30.0
     handler_ok, _ = sequence(ok())
     client._client._transport = httpx.MockTransport(handler_ok)  # the API is back
-    await client.update_progress({})
+    await client.update_progress(UPDATE)
     assert breaker.state == BreakerState.CLOSED
 
 
@@ -268,7 +284,7 @@ async def test_4xx_counts_as_the_api_being_up() -> None:
     handler, _ = sequence(httpx.Response(503), httpx.Response(404))
     client, _, _, _ = make_client(handler, breaker=breaker, max_retries=1)
     with pytest.raises(ApiError):
-        await client.update_progress({})
+        await client.update_progress(UPDATE)
     assert breaker.state == BreakerState.CLOSED
 
 

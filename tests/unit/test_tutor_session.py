@@ -18,17 +18,18 @@ from livekit import rtc
 from prometheus_client import CollectorRegistry
 
 from loqua_common.tokenkey import derive_key
+from loqua_devstack.loqua_api.crypto import encrypt_token
 from loqua_tutor.api_client import LoquaApiClient
 from loqua_tutor.breaker import BreakerState, CircuitBreaker
 from loqua_tutor.cache import TTLCache
-from loqua_tutor.crypto import encrypt_token
+from loqua_tutor.contract import ProgressStatus
 from loqua_tutor.entrypoint import _follow_learner, build_session, wait_for_learner
 from loqua_tutor.learner import Learner, Refusal, learner_from_attributes
 from loqua_tutor.metrics import JobMetrics
 from loqua_tutor.session import TutorSession
 from loqua_tutor.settings import TutorSettings
+from loqua_tutor.state import UserContext
 from loqua_tutor.token_manager import TokenManager, user_token_exchange
-from loqua_tutor.tracker import ProgressStatus, UserContext
 
 SECRET = "unit-test-shared-secret"
 KEY = derive_key(SECRET)
@@ -56,7 +57,7 @@ class FakeApi:
             return httpx.Response(503)
         if path == "/api/v1/agent/user-token":
             token = jwt.encode({"sub": body["user_id"], "exp": int(time.time()) + 3600}, "k" * 32, algorithm="HS256")
-            return httpx.Response(200, json={"encrypted_token": encrypt_token(token, KEY, bytes(16))})
+            return httpx.Response(200, json={"encrypted_token": encrypt_token(token, SECRET, iv=bytes(16))})
         if path.endswith("/context"):
             return httpx.Response(200, json=CONTEXT)
         if path == "/api/v1/agent/health":
@@ -144,7 +145,7 @@ async def test_progress_is_sent_only_when_changed() -> None:
     await session.start()
     await session.send_progress(ProgressStatus.IN_PROGRESS)
     assert api.bodies("/api/v1/agent/progress") == []
-    session.tracker.record_new_word("bonjour", "hello", "fr")
+    session.state.record_new_word("bonjour", "hello", "fr")
     await session.send_progress(ProgressStatus.IN_PROGRESS)
     await session.send_progress(ProgressStatus.IN_PROGRESS)
     sent = api.bodies("/api/v1/agent/progress")
@@ -165,10 +166,10 @@ async def test_progress_queued_while_api_down_then_latest_state_sent() -> None:
     session, metrics = make_session(api)
     await session.start()
     api.down = True
-    session.tracker.record_new_word("un", "one", "fr")
+    session.state.record_new_word("un", "one", "fr")
     assert await session.send_progress(ProgressStatus.IN_PROGRESS) is False
     assert session.progress_pending and metrics.progress_updates_queued._value.get() == 1
-    session.tracker.record_new_word("deux", "two", "fr")  # the conversation goes on
+    session.state.record_new_word("deux", "two", "fr")  # the conversation goes on
     api.down = False
     assert await session.send_progress(ProgressStatus.IN_PROGRESS) is True
     delivered = [b for b in api.bodies("/api/v1/agent/progress")][-1]
@@ -198,7 +199,7 @@ async def test_finalize_runs_once_under_concurrent_double_end() -> None:
     api = FakeApi()
     session, metrics = make_session(api)
     await session.start()
-    session.tracker.record_new_word("chat", "cat", "fr")
+    session.state.record_new_word("chat", "cat", "fr")
     await asyncio.gather(session.finalize("dispatch deleted"), session.finalize("room closed"), session.finalize())
     await session.finalize("again")
     records = api.bodies("/api/v1/agent/sessions")
@@ -271,14 +272,14 @@ async def test_hung_half_open_trial_cancelled_at_session_end_loses_nothing() -> 
     breaker = CircuitBreaker(failure_threshold=2, reset_timeout=5, clock=lambda: clock[0])
     session, metrics = make_session(api, breaker=breaker, finalize_timeout=30)
     await session.start()
-    session.tracker.record_new_word("chat", "cat", "fr")
+    session.state.record_new_word("chat", "cat", "fr")
     api.down = True
     assert not await session.send_progress(ProgressStatus.IN_PROGRESS)  # 2 attempts: 503, 503 → open
     assert breaker.state == BreakerState.OPEN
     clock[0] = 5.0  # half-open: the next progress update is the trial
     api.down = False
     api.hang_progress = True
-    session.tracker.record_phrase("ça va")
+    session.state.record_phrase("ça va")
     trial = asyncio.create_task(session.send_progress(ProgressStatus.IN_PROGRESS))
     session._loop_task = trial  # the progress loop's update in flight at session end
     await api.hung.wait()
@@ -300,7 +301,7 @@ async def test_finals_go_out_while_the_breaker_is_still_open() -> None:
     session, _ = make_session(api, breaker=breaker)
     await session.start()
     api.down = True
-    session.tracker.record_phrase("hola")
+    session.state.record_phrase("hola")
     assert not await session.send_progress(ProgressStatus.IN_PROGRESS)
     assert breaker.state == BreakerState.OPEN
     api.down = False
@@ -315,7 +316,7 @@ async def test_final_progress_retried_while_its_path_is_down() -> None:
     fake = FakeTime()
     session, _ = make_session(api, fake=fake, finalize_timeout=30)
     await session.start()
-    session.tracker.record_phrase("hola")
+    session.state.record_phrase("hola")
     failures = {"n": 4}
     inner = api.__call__
 
@@ -338,7 +339,7 @@ async def test_periodic_loop_sends_changes() -> None:
     session._interval = 0.01  # real sleeps for this one
     session._sleep = asyncio.sleep
     await session.start()
-    session.tracker.record_phrase("ça va")
+    session.state.record_phrase("ça va")
     for _ in range(100):
         if api.bodies("/api/v1/agent/progress"):
             break

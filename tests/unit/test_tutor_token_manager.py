@@ -10,10 +10,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from loqua_common.tokenkey import derive_key
+from loqua_devstack.loqua_api.crypto import encrypt_token
 from loqua_tutor.api_client import ApiError, LoquaApiClient
 from loqua_tutor.breaker import CircuitBreaker
-from loqua_tutor.crypto import TokenDecryptionError, encrypt_token
+from loqua_tutor.contract import ProgressStatus
+from loqua_tutor.crypto import TokenDecryptionError
 from loqua_tutor.metrics import JobMetrics
+from loqua_tutor.scoring import progress_update
+from loqua_tutor.state import ProgressSnapshot
 from loqua_tutor.token_manager import (
     TokenManager,
     TokenUnavailableError,
@@ -245,7 +249,8 @@ async def test_concurrent_401s_through_the_client_start_one_exchange() -> None:
         user_tokens=manager,
         transport=httpx.MockTransport(handler),
     )
-    calls = asyncio.gather(*(api.update_progress({"n": i}) for i in range(10)))
+    updates = [progress_update("u1", f"sess_{i}_x", ProgressStatus.IN_PROGRESS, ProgressSnapshot()) for i in range(10)]
+    calls = asyncio.gather(*(api.update_progress(u) for u in updates))
     await settle(lambda: len(seen) == 10)
     gate.set()
     await settle(lambda: len(slow.calls) == 2)
@@ -254,7 +259,7 @@ async def test_concurrent_401s_through_the_client_start_one_exchange() -> None:
     slow.release.set()
     results = await calls
     await api.aclose()
-    assert all(r == {"success": True} for r in results)
+    assert all(r.success for r in results)
     assert len(slow.calls) == 2  # the first token, then ONE exchange for ten concurrent 401s
     assert seen.count(f"Bearer {first}") == 10 and len(seen) == 20  # each retried once, with the new token
 
@@ -276,7 +281,9 @@ async def test_exchange_decrypts_and_counts_results() -> None:
     metrics = JobMetrics(CollectorRegistry())
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"encrypted_token": encrypt_token(token, key, bytes(16)), "expires_in": 3600})
+        return httpx.Response(
+            200, json={"encrypted_token": encrypt_token(token, "shared-secret", iv=bytes(16)), "expires_in": 3600}
+        )
 
     exchange = user_token_exchange(_api(handler), key=key, room_name="r", user_id="u", metrics=metrics)
     assert await exchange() == token

@@ -15,13 +15,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from loqua_tutor.metrics import JOB_METRIC_NAMES, JobMetrics, WorkerMetrics
 from loqua_tutor.multiproc import MultiprocStore, exposition_registry
-from loqua_tutor.settings import TIER_SESSIONS, Tier, TutorSettings
+from loqua_tutor.settings import TutorSettings
+from loqua_tutor.tiers import TIERS, Tier
 from loqua_tutor.worker import CapacityGate, _Admission, _Load
 
 
 @pytest.mark.parametrize("tier", list(Tier))
 def test_load_reports_full_exactly_at_the_tier_cap(tier: Tier) -> None:
-    cap = TIER_SESSIONS[tier]
+    cap = TIERS[tier].sessions
     gate = CapacityGate(cap)
     assert [gate.is_full(n) for n in range(cap + 2)] == [False] * cap + [True, True]
     # livekit-server weights workers by 1 - load: a full worker has weight 0.

@@ -1,20 +1,12 @@
-"""UTC timestamps in the seed's format: ``2025-01-15T10:30:00Z``."""
+"""UTC timestamps in the seed's format (``2025-01-15T10:30:00Z``): the project's one home for time
+formats is ``loqua_common.timefmt``; these are the names the reference API uses."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from loqua_common.timefmt import iso_seconds as iso
+from loqua_common.timefmt import parse_iso, utcnow
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_iso(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+__all__ = ["iso", "now_iso", "parse_iso", "utcnow"]
 
 
 def now_iso() -> str:

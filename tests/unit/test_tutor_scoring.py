@@ -1,28 +1,25 @@
-"""Progress tracker, performance rating, achievements, recommendations and the request bodies."""
+"""Session state, the scoring rules (performance, achievements, recommendations) and the seed-003
+bodies built from them (loqua_tutor.state, .scoring, .contract)."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import pytest
+from pydantic import ValidationError
 
-from loqua_tutor.tracker import (
-    Performance,
-    ProgressStatus,
-    ProgressTracker,
-    UserContext,
+from loqua_tutor.contract import Performance, ProgressStatus, ProgressUpdate, SessionRecord, body
+from loqua_tutor.learner import is_valid_id, new_session_id
+from loqua_tutor.scoring import (
     compute_achievements,
     compute_recommendations,
     duration_minutes,
-    is_session_id,
-    new_session_id,
-    progress_body,
+    progress_update,
     rate_performance,
     session_record,
     streak_after_session,
-    validate_progress_body,
-    validate_session_record,
 )
+from loqua_tutor.state import SessionState, UserContext
 
 TODAY = dt.date(2025, 1, 15)
 
@@ -48,8 +45,8 @@ API_CONTEXT = {
 }
 
 
-def tracker_with(words: int = 0, phrases: int = 0, scores: tuple[int, ...] = (), grammar: int = 0) -> ProgressTracker:
-    t = ProgressTracker()
+def tracker_with(words: int = 0, phrases: int = 0, scores: tuple[int, ...] = (), grammar: int = 0) -> SessionState:
+    t = SessionState()
     for i in range(words):
         t.record_new_word(f"palabra{i}", f"word{i}", "es")
     for i in range(phrases):
@@ -72,7 +69,7 @@ def test_context_from_api_and_defaults() -> None:
 
 
 def test_tracker_counts_and_versions() -> None:
-    t = ProgressTracker()
+    t = SessionState()
     assert t.record_new_word(" hola ", "hello", "es") is True
     assert t.record_new_word("HOLA", "hi", "es") is False  # same word: not counted twice
     assert t.record_phrase("buenos días") == 1 and t.record_phrase("buenos días") == 2
@@ -87,13 +84,13 @@ def test_tracker_counts_and_versions() -> None:
 @pytest.mark.parametrize("bad", [-1, 101, float("nan"), "90", True])
 def test_pronunciation_score_validated(bad: object) -> None:
     with pytest.raises(ValueError):
-        ProgressTracker().record_pronunciation(bad)  # type: ignore[arg-type]
+        SessionState().record_pronunciation(bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("word", ["", "   ", 3])
 def test_words_validated(word: object) -> None:
     with pytest.raises(ValueError):
-        ProgressTracker().record_new_word(word, "x", "es")  # type: ignore[arg-type]
+        SessionState().record_new_word(word, "x", "es")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -162,15 +159,16 @@ def test_recommendations_follow_what_happened_and_focus_areas() -> None:
 
 def test_session_id_format() -> None:
     sid = new_session_id(1736937000.123, "abc123xyz")
-    assert sid == "sess_1736937000123_abc123xyz" and is_session_id(sid)
-    assert is_session_id(new_session_id(1.0)) and not is_session_id("session-1")
+    assert sid == "sess_1736937000123_abc123xyz" and is_valid_id(sid)
+    assert is_valid_id(new_session_id(1.0))
 
 
 def test_progress_body_shape() -> None:
-    body = progress_body(
+    update = progress_update(
         "u1", "sess_1_a", ProgressStatus.IN_PROGRESS, tracker_with(words=2, scores=(84, 87)).snapshot()
     )
-    assert body == {
+    sent = body(update)
+    assert sent == {
         "userId": "u1",
         "sessionId": "sess_1_a",
         "data": {
@@ -183,25 +181,32 @@ def test_progress_body_shape() -> None:
             },
         },
     }
-    validate_progress_body(body)
-    assert (
-        "pronunciation_score"
-        not in progress_body("u", "s", ProgressStatus.COMPLETED, tracker_with().snapshot())["data"]["progress"]
-    )
-    with pytest.raises(ValueError, match=r"data\.status"):
-        validate_progress_body({**body, "data": {"status": "done", "progress": {}}})
+    assert ProgressUpdate.model_validate(sent) == update
+    unmeasured = body(progress_update("u", "s", ProgressStatus.COMPLETED, tracker_with().snapshot()))
+    assert "pronunciation_score" not in unmeasured["data"]["progress"]
+    with pytest.raises(ValidationError, match=r"data\.status"):
+        ProgressUpdate.model_validate({**sent, "data": {"status": "done", "progress": sent["data"]["progress"]}})
+    with pytest.raises(ValidationError, match="pronunciation_score"):
+        ProgressUpdate.model_validate(
+            {
+                **sent,
+                "data": {"status": "completed", "progress": {**sent["data"]["progress"], "pronunciation_score": 101}},
+            }
+        )
 
 
 def test_session_record_shape_and_validation() -> None:
     t = tracker_with(words=1, scores=(90,), grammar=1)
     t.record_topic("greetings")
-    record = session_record(
-        user_id="u1",
-        session_id="sess_1_a",
-        seconds=61,
-        snapshot=t.snapshot(),
-        context=UserContext.from_api("u1", API_CONTEXT),
-        today=TODAY,
+    record = body(
+        session_record(
+            user_id="u1",
+            session_id="sess_1_a",
+            seconds=61,
+            snapshot=t.snapshot(),
+            context=UserContext.from_api("u1", API_CONTEXT),
+            today=TODAY,
+        )
     )
     assert set(record) == {
         "userId",
@@ -226,8 +231,8 @@ def test_session_record_shape_and_validation() -> None:
         ("new_vocabulary", [{"word": "x"}]),
         ("userId", ""),
     ]:
-        with pytest.raises(ValueError, match=field):
-            validate_session_record({**record, field: bad})
+        with pytest.raises(ValidationError, match=field):
+            SessionRecord.model_validate({**record, field: bad})
 
 
 def test_duration_minutes() -> None:

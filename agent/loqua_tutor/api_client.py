@@ -29,6 +29,7 @@ import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import quote
 
@@ -147,6 +148,19 @@ def shared_ssl_context() -> ssl.SSLContext:
 M = TypeVar("M", bound=BaseModel)
 
 
+@dataclass
+class _Call:
+    """One call, through its retries. ``token``: the user token of its latest attempt."""
+
+    method: str
+    endpoint: str
+    path: str
+    body: Mapping[str, Any] | None
+    auth: Auth
+    force: bool
+    token: str | None = None
+
+
 def _parse(model: type[M], answer: dict[str, Any], endpoint: str, method: str) -> M:
     try:
         return model.model_validate(answer)
@@ -251,16 +265,16 @@ class LoquaApiClient:
         """One API call with retries. ``force``: go out even while the breaker is open.
         ``params`` fill the endpoint template; callers pass validated ids (no dot segments)."""
         path = endpoint.format(**{k: quote(v, safe="") for k, v in (params or {}).items()})
-        used: list[str] = []  # the user token of the last attempt
+        request = _Call(method, endpoint, path, json_body, auth, force)
         try:
-            return await self._with_retries(method, endpoint, path, json_body, auth, force, used)
+            return await self._with_retries(request)
         except ApiError as exc:
-            if exc.status != 401 or auth != "user" or self._user_tokens is None or not used:
+            if exc.status != 401 or auth != "user" or self._user_tokens is None or request.token is None:
                 raise
         # The API refused the user token before we expected (revoked, clock skew): get a new one -
         # or the one another call already got for the same refusal - and try once more.
-        await self._user_tokens.refused(used[-1])
-        return await self._with_retries(method, endpoint, path, json_body, auth, force, used)
+        await self._user_tokens.refused(request.token)
+        return await self._with_retries(request)
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -268,16 +282,7 @@ class LoquaApiClient:
             return min(exc.retry_after, self._max_retry_after)
         return float(self._backoff(state))
 
-    async def _with_retries(
-        self,
-        method: str,
-        endpoint: str,
-        path: str,
-        body: Mapping[str, Any] | None,
-        auth: Auth,
-        force: bool,
-        used: list[str],
-    ) -> dict[str, Any]:
+    async def _with_retries(self, request: _Call) -> dict[str, Any]:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._max_retries + 1),
             wait=self._wait,
@@ -286,8 +291,8 @@ class LoquaApiClient:
             reraise=True,
             before_sleep=lambda s: log.debug(
                 "retrying %s %s (attempt %d): %s",
-                method,
-                endpoint,
+                request.method,
+                request.endpoint,
                 s.attempt_number,
                 s.outcome.exception() if s.outcome else "",
             ),
@@ -295,7 +300,7 @@ class LoquaApiClient:
         result: dict[str, Any] = {}
         async for attempt in retrying:
             with attempt:
-                result = await self._attempt(method, endpoint, path, body, auth, force, used)
+                result = await self._attempt(request)
         return result
 
     def _count(self, endpoint: str, method: str, status: str, seconds: float | None) -> None:
@@ -305,32 +310,21 @@ class LoquaApiClient:
         if seconds is not None:
             self._metrics.api_request_duration.labels(endpoint, method, status).observe(seconds)
 
-    async def _attempt(
-        self,
-        method: str,
-        endpoint: str,
-        path: str,
-        body: Mapping[str, Any] | None,
-        auth: Auth,
-        force: bool,
-        used: list[str],
-    ) -> dict[str, Any]:
-        if auth == "user":
+    async def _attempt(self, request: _Call) -> dict[str, Any]:
+        if request.auth == "user":
             if self._user_tokens is None:
                 raise RuntimeError("no user token source configured")
-            token = await self._user_tokens.get()
-            used.append(token)
-            del used[:-1]
+            token = request.token = await self._user_tokens.get()
         else:
             token = self._agent_token
         try:
-            permit = self.breaker.permit(force=force)
+            permit = self.breaker.permit(force=request.force)
         except CircuitOpenError:
-            self._count(endpoint, method, "circuit_open", None)
+            self._count(request.endpoint, request.method, "circuit_open", None)
             raise
         # The permit is released on every way out of this block, cancellation included.
         with permit:
-            return await self._send(permit, method, endpoint, path, body, token)
+            return await self._send(permit, request.method, request.endpoint, request.path, request.body, token)
 
     async def _send(
         self, permit: Permit, method: str, endpoint: str, path: str, body: Mapping[str, Any] | None, token: str

@@ -78,6 +78,7 @@ class TutorSession:
         self._finalized = False
         self._failed = False
         self._last_error = ""
+        self._record: SessionRecord | None = None  # built once, at the end
         self.record_delivered: bool | None = None  # None until finalize ran
 
     @property
@@ -203,48 +204,52 @@ class TutorSession:
                 await self._loop_task
         seconds = self._clock() - (self._started_at if self._started_at is not None else self._clock())
         progress_done = False
-        record: SessionRecord | None = None
-        record_done = False
+        record_outcome: bool | str = False  # True delivered, "rejected"/"invalid" final, False pending
         attempt = 0
         why = ""
         try:
             # Rounds until both are delivered or the budget is spent. Each round tries what is still
-            # pending, forced through the breaker whatever its state: the API may be back although
-            # the breaker has not noticed yet. Both go to different paths; one being refused or
-            # down does not hold the other back.
+            # pending - both at once: they go to different paths, and one that hangs or is refused
+            # does not hold the other back - forced through the breaker whatever its state (the API
+            # may be back although the breaker has not noticed yet).
             while True:
+                jobs: dict[str, Awaitable[bool | str]] = {}
                 if not progress_done:
-                    progress_done = await self._bounded(self._final_progress(status), deadline)
-                if not record_done:
-                    if record is None:
-                        record = await self._build_record(seconds, deadline)
-                        if record is None:
-                            return
-                    outcome = await self._bounded(self._send_record(record), deadline)
-                    if outcome == "rejected":
-                        return
-                    record_done = outcome is True
-                if progress_done and record_done:
+                    jobs["progress"] = self._bounded(self._final_progress(status), deadline)
+                if record_outcome is False:
+                    jobs["record"] = self._bounded(self._record_attempt(seconds, deadline), deadline)
+                results = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
+                progress_done = progress_done or results.get("progress") is True
+                if "record" in results:
+                    record_outcome = results["record"]
+                if progress_done and record_outcome is not False:
                     break
                 why = self._last_error or "timeout"
                 delay = self._record_delays[min(attempt, len(self._record_delays) - 1)]
                 attempt += 1
                 if deadline - self._clock() <= delay:
                     break
-                parts = (("final progress", progress_done), ("session record", record_done))
+                parts = (("final progress", progress_done), ("session record", record_outcome is not False))
                 pending = [what for what, done in parts if not done]
                 log.warning("%s not delivered (%s); retrying in %.0fs", " and ".join(pending), why, delay)
                 await self._sleep(delay)
         except asyncio.CancelledError:
-            if not record_done:
+            if record_outcome is False:
                 self._lost("job ended before delivery")
             raise
         if not progress_done:
             log.error("final progress update LOST (%s after %d attempts)", why, attempt + 1)
-        if record is not None and not record_done:
+        if record_outcome is False:
             self._lost(f"{why} after {attempt + 1} attempts")
-        elif record is not None:
-            self._delivered(record)
+        elif record_outcome is True and self._record is not None:
+            self._delivered(self._record)
+
+    async def _record_attempt(self, seconds: float, deadline: float) -> bool | str:
+        if self._record is None:
+            self._record = await self._build_record(seconds, deadline)
+            if self._record is None:
+                return "invalid"
+        return await self._send_record(self._record)
 
     async def _bounded(self, work: Awaitable[bool | str], deadline: float) -> bool | str:
         """``work`` within what is left of the budget; False when it ran out."""

@@ -5,12 +5,14 @@ admin endpoints, and the worker's own /metrics."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import pytest
 from livekit import api
 from prometheus_client.parser import text_string_to_metric_families
 
+from loqua_devstack.learner import Learner
 from loqua_devstack.services import ServiceProcess, tutor_process
 
 # Job executor of the e2e worker. `process` (the production default) is fast enough on 2 cores:
@@ -34,34 +37,39 @@ def tutor_agent_name() -> str:
     return f"e2e-tutor-{uuid.uuid4().hex[:8]}"
 
 
+@contextlib.contextmanager
+def running_tutor(
+    stack_env: dict[str, str], log_file: Path, agent_name: str, extra_env: dict[str, str]
+) -> Iterator[ServiceProcess]:
+    """`loqua-tutor start`, registered with livekit-server; stopped (SIGTERM, then SIGKILL) at the end."""
+    proc = tutor_process(stack_env, log_file, agent_name=agent_name, extra_env=extra_env).start()
+    try:
+        proc.wait_healthy(timeout=90, body="ok")
+        yield proc
+    finally:
+        proc.stop(timeout=30)  # whatever is left (a failed start, a hung drain): SIGTERM, then SIGKILL the group
+
+
 @pytest.fixture(scope="module")
 def tutor_worker(stack_env: dict[str, str], logs_dir: Path, tutor_agent_name: str) -> Iterator[ServiceProcess]:
     """`loqua-tutor start`, registered with livekit-server; SIGTERM at the end must stop it cleanly."""
-    proc = tutor_process(
-        stack_env,
-        logs_dir / f"tutor-{tutor_agent_name}.log",
-        agent_name=tutor_agent_name,
-        extra_env={
-            "JOB_EXECUTOR": EXECUTOR,
-            "PARTICIPANT_WAIT_TIMEOUT_SECONDS": str(PARTICIPANT_WAIT_TIMEOUT),
-            "PROGRESS_INTERVAL_SECONDS": str(PROGRESS_INTERVAL),
-            "FINALIZE_TIMEOUT_SECONDS": "30",
-            "DRAIN_TIMEOUT_SECONDS": "30",
-            # DEBUG: more output to scan for leaked secrets.
-            "LOG_LEVEL": "DEBUG",
-            "LOG_FORMAT": "text",
-        },
-    ).start()
-    try:
-        proc.wait_healthy(timeout=90, body="ok")
+    env = {
+        "JOB_EXECUTOR": EXECUTOR,
+        "PARTICIPANT_WAIT_TIMEOUT_SECONDS": str(PARTICIPANT_WAIT_TIMEOUT),
+        "PROGRESS_INTERVAL_SECONDS": str(PROGRESS_INTERVAL),
+        "FINALIZE_TIMEOUT_SECONDS": "30",
+        "DRAIN_TIMEOUT_SECONDS": "30",
+        # DEBUG: more output to scan for leaked secrets.
+        "LOG_LEVEL": "DEBUG",
+        "LOG_FORMAT": "text",
+    }
+    with running_tutor(stack_env, logs_dir / f"tutor-{tutor_agent_name}.log", tutor_agent_name, env) as proc:
         yield proc
         # SIGTERM to the worker's main process only, as the kubelet sends it to the container's PID 1
         # (a SIGTERM to the whole process group: test_tutor_drain.py).
         assert proc.proc is not None
         os.kill(proc.proc.pid, signal.SIGTERM)
         code = proc.proc.wait(timeout=90)
-    finally:
-        proc.stop(timeout=30)  # whatever is left (a failed start, a hung drain): SIGTERM, then SIGKILL the group
     log = proc.log_text()
     assert code == 0, f"loqua-tutor exited with {code} after SIGTERM; see {proc.log_file}"
     assert "SIGTERM: draining" in log and "worker stopped" in log, log[-2000:]
@@ -129,3 +137,22 @@ class WorkerMetrics:
 @pytest.fixture(scope="module")
 def worker_metrics(tutor_worker: ServiceProcess) -> WorkerMetrics:
     return WorkerMetrics(tutor_worker.metrics_url)
+
+
+@dataclass
+class Cleanup:
+    rooms: list[str] = field(default_factory=list)
+    learners: list[Learner] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+async def cleanup(lk: api.LiveKitAPI) -> AsyncIterator[Cleanup]:
+    """Learners leave and our rooms are deleted at the end of the module, whatever happened."""
+    c = Cleanup()
+    yield c
+    for learner in c.learners:
+        with contextlib.suppress(Exception):  # best effort: the test result is what matters
+            await learner.leave()
+    for room in c.rooms:
+        with contextlib.suppress(api.TwirpError):
+            await lk.room.delete_room(api.DeleteRoomRequest(room=room))

@@ -17,14 +17,13 @@ run on demand by :class:`MainScenario`, so any of these tests also runs alone (`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import secrets
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +34,7 @@ from livekit import api, rtc
 from loqua_devstack.learner import Learner
 from loqua_devstack.loqua_api.tokens import mint_user_token
 from loqua_devstack.services import ServiceProcess
-from tests.e2e.conftest import EXECUTOR, PARTICIPANT_WAIT_TIMEOUT, PROGRESS_INTERVAL, WorkerMetrics, until
+from tests.e2e.conftest import EXECUTOR, PARTICIPANT_WAIT_TIMEOUT, PROGRESS_INTERVAL, Cleanup, WorkerMetrics, until
 from tests.integration.conftest import live_dispatches
 
 pytestmark = pytest.mark.e2e
@@ -300,25 +299,6 @@ async def open_session(
 # ---- fixtures --------------------------------------------------------------------------------------
 
 
-@dataclass
-class Cleanup:
-    rooms: list[str] = field(default_factory=list)
-    learners: list[Learner] = field(default_factory=list)
-
-
-@pytest.fixture(scope="module")
-async def cleanup(lk: api.LiveKitAPI) -> AsyncIterator[Cleanup]:
-    """Learners leave and our rooms are deleted at the end of the module, whatever happened."""
-    c = Cleanup()
-    yield c
-    for learner in c.learners:
-        with contextlib.suppress(Exception):  # best effort: the test result is what matters
-            await learner.leave()
-    for room in c.rooms:
-        with contextlib.suppress(api.TwirpError):
-            await lk.room.delete_room(api.DeleteRoomRequest(room=room))
-
-
 class MainScenario:
     """One learner's session through tests 2-5; each step runs once, on first demand."""
 
@@ -561,6 +541,18 @@ async def _increased(metrics: WorkerMetrics, name: str, before: float) -> bool:
     return await metrics.value(name) > before
 
 
+async def join_until_refused(
+    lk: api.LiveKitAPI, learner: Learner, metrics: WorkerMetrics, metric: str, before: float
+) -> None:
+    """The learner joins; the agent refuses them (``metric`` goes above ``before``) and leaves."""
+    await learner.join()
+    try:
+        await until(lambda: _increased(metrics, metric, before), metric, AGENT_JOIN_TIMEOUT, 0.5)
+        await until(lambda: _no_agents(lk, learner.room_name), "the agent to leave the room", 30, 0.5)
+    finally:
+        await learner.leave()
+
+
 async def _no_agents(lk: api.LiveKitAPI, room: str) -> bool:
     return not await agents_in_room(lk, room)
 
@@ -716,17 +708,7 @@ async def test_missing_user_id_ends_the_job_cleanly(
     learner = Learner(stack_env, room, sessionId=seed_session_id(), display_name="No Id")
     del learner.attributes["user_id"]
     cleanup.learners.append(learner)
-    await learner.join()
-    try:
-        await until(
-            lambda: _increased(worker_metrics, "loqua_tutor_missing_user_id_total", missing_before),
-            "the missing user_id metric",
-            AGENT_JOIN_TIMEOUT,
-            0.5,
-        )
-        await until(lambda: _no_agents(lk, room), "the agent to leave the room", 20, 0.5)
-    finally:
-        await learner.leave()
+    await join_until_refused(lk, learner, worker_metrics, "loqua_tutor_missing_user_id_total", missing_before)
     assert f"participant {learner.identity} has no user_id attribute" in tutor_worker.log_text()
     assert await worker_metrics.value("loqua_tutor_sessions_started_total") == started_before  # no session
     assert tutor_worker.alive()

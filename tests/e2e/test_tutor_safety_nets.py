@@ -14,11 +14,10 @@ Fault rules on shared paths are removed by id in a ``finally``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,13 @@ import pytest
 from livekit import api, rtc
 
 from loqua_devstack.learner import Learner
-from loqua_devstack.services import ServiceProcess, tutor_process
-from tests.e2e.conftest import WorkerMetrics, until
+from loqua_devstack.services import ServiceProcess
+from tests.e2e.conftest import Cleanup, WorkerMetrics, running_tutor, until
 from tests.e2e.test_tutor_e2e import (
-    AGENT_JOIN_TIMEOUT,
     PROGRESS_PATH,
-    Cleanup,
     Faults,
     agents_in_room,
+    join_until_refused,
     new_room,
     open_session,
     user_records,
@@ -53,44 +51,24 @@ def nets_agent_name() -> str:
 
 @pytest.fixture(scope="module")
 def nets_worker(stack_env: dict[str, str], logs_dir: Path, nets_agent_name: str) -> Iterator[ServiceProcess]:
-    proc = tutor_process(
-        stack_env,
-        logs_dir / f"tutor-{nets_agent_name}.log",
-        agent_name=nets_agent_name,
-        extra_env={
-            "JOB_EXECUTOR": "process",
-            "BREAKER_FAILURE_THRESHOLD": "2",
-            "BREAKER_RESET_SECONDS": "2",
-            "PROGRESS_INTERVAL_SECONDS": "1",
-            "API_MAX_RETRIES": "0",
-            "FINALIZE_TIMEOUT_SECONDS": str(FINALIZE_TIMEOUT),
-            "PARTICIPANT_WAIT_TIMEOUT_SECONDS": "20",
-            "LOG_LEVEL": "DEBUG",
-            "LOG_FORMAT": "text",
-        },
-    ).start()
-    try:
-        proc.wait_healthy(timeout=90, body="ok")
+    env = {
+        "JOB_EXECUTOR": "process",
+        "BREAKER_FAILURE_THRESHOLD": "2",
+        "BREAKER_RESET_SECONDS": "2",
+        "PROGRESS_INTERVAL_SECONDS": "1",
+        "API_MAX_RETRIES": "0",
+        "FINALIZE_TIMEOUT_SECONDS": str(FINALIZE_TIMEOUT),
+        "PARTICIPANT_WAIT_TIMEOUT_SECONDS": "20",
+        "LOG_LEVEL": "DEBUG",
+        "LOG_FORMAT": "text",
+    }
+    with running_tutor(stack_env, logs_dir / f"tutor-{nets_agent_name}.log", nets_agent_name, env) as proc:
         yield proc
-    finally:
-        proc.stop(timeout=30)
 
 
 @pytest.fixture(scope="module")
 def nets_metrics(nets_worker: ServiceProcess) -> WorkerMetrics:
     return WorkerMetrics(nets_worker.metrics_url)
-
-
-@pytest.fixture(scope="module")
-async def nets_cleanup(lk: api.LiveKitAPI) -> AsyncIterator[Cleanup]:
-    c = Cleanup()
-    yield c
-    for learner in c.learners:
-        with contextlib.suppress(Exception):  # best effort: the test result is what matters
-            await learner.leave()
-    for room in c.rooms:
-        with contextlib.suppress(api.TwirpError):
-            await lk.room.delete_room(api.DeleteRoomRequest(room=room))
 
 
 # ---- 1. a hung half-open trial, cancelled at session end -----------------------------------------
@@ -103,12 +81,10 @@ async def test_hung_breaker_trial_at_session_end_loses_nothing(
     nets_agent_name: str,
     nets_worker: ServiceProcess,
     nets_metrics: WorkerMetrics,
-    nets_cleanup: Cleanup,
+    cleanup: Cleanup,
 ) -> None:
     faults = Faults(admin)
-    s = await open_session(
-        stack_env, lk, admin, nets_agent_name, nets_cleanup.rooms, nets_cleanup.learners, "hung-trial"
-    )
+    s = await open_session(stack_env, lk, admin, nets_agent_name, cleanup.rooms, cleanup.learners, "hung-trial")
     lost_before = await nets_metrics.value("loqua_tutor_session_records_total", result="lost")
     try:
         assert (await s.tool("new_word", word="perro", translation="dog", language="es"))["ok"]
@@ -174,10 +150,10 @@ async def test_burst_of_401s_shares_token_exchanges(
     admin: httpx.AsyncClient,
     nets_agent_name: str,
     nets_metrics: WorkerMetrics,
-    nets_cleanup: Cleanup,
+    cleanup: Cleanup,
 ) -> None:
     faults = Faults(admin)
-    s = await open_session(stack_env, lk, admin, nets_agent_name, nets_cleanup.rooms, nets_cleanup.learners, "401s")
+    s = await open_session(stack_env, lk, admin, nets_agent_name, cleanup.rooms, cleanup.learners, "401s")
     await asyncio.sleep(11)  # the user token is no longer brand new: a 401 may now trigger an exchange
     exchanges_before = _exchanges((await s.records())["audit"], stack_env["AGENT_ID"])
     assert exchanges_before == 1
@@ -213,6 +189,49 @@ async def _with_session(admin: httpx.AsyncClient, user_id: str, session_id: str)
     return rec if any(x["session_id"] == session_id for x in rec["sessions"]) else None
 
 
+# ---- 3. any Retry-After ------------------------------------------------------------------------------
+
+GARBAGE_RETRY_AFTER = ["\u00b2", "soon", "1.5", "-3", "Wed, 99 Foo 2015 07:28:10 GMT", "Wed, 21 Oct 2015 07:28:00 GMT"]
+
+
+async def test_any_retry_after_value_is_survived(
+    stack_env: dict[str, str],
+    lk: api.LiveKitAPI,
+    admin: httpx.AsyncClient,
+    nets_agent_name: str,
+    nets_worker: ServiceProcess,
+    nets_metrics: WorkerMetrics,
+    cleanup: Cleanup,
+) -> None:
+    """503 and 429 answers with a Retry-After that is neither delta-seconds nor a future HTTP date:
+    the worker ignores the header and carries on (a '²' used to raise out of the client and end the
+    session's progress loop for good)."""
+    faults = Faults(admin)
+    s = await open_session(stack_env, lk, admin, nets_agent_name, cleanup.rooms, cleanup.learners, "retry-after")
+    words = iter(f"w{i}" for i in range(300))
+    try:
+        for status in (503, 429):
+            for value in GARBAGE_RETRY_AFTER:
+                rule = await faults.add(status=status, count=1, retry_after=value, path_prefix=PROGRESS_PATH)
+
+                async def used_up(rule_id: int = rule) -> bool:
+                    await s.tool("new_word", word=next(words), translation="w", language="es")
+                    return not await faults.active(rule_id)
+
+                await until(used_up, f"the {status} with Retry-After {value!r} to be met", 30, 0.3)
+    finally:
+        await faults.clear()
+    assert (await s.tool("new_word", word="final", translation="w", language="es"))["ok"]
+    await s.wait_progress(s.driven.progress())  # the progress loop is alive and up to date
+    log = nets_worker.log_text()
+    assert "Traceback" not in log and "ValueError" not in log, log[-3000:]
+    await s.end()
+    rec = await until(
+        lambda: _with_session(admin, s.user_id, s.session_id), "the session record", FINALIZE_TIMEOUT + 15, 0.5
+    )
+    assert len([x for x in rec["sessions"] if x["session_id"] == s.session_id]) == 1
+
+
 # ---- 4. untrusted attributes, RPC callers ------------------------------------------------------------
 
 HOSTILE = {
@@ -236,27 +255,17 @@ async def test_hostile_attributes_end_the_job_cleanly(
     nets_agent_name: str,
     nets_worker: ServiceProcess,
     nets_metrics: WorkerMetrics,
-    nets_cleanup: Cleanup,
+    cleanup: Cleanup,
 ) -> None:
     attrs = dict(HOSTILE[case])
     invalid_before = await nets_metrics.value("loqua_tutor_invalid_attributes_total")
     started_before = await nets_metrics.value("loqua_tutor_sessions_started_total")
-    room = await new_room(lk, nets_cleanup.rooms, nets_agent_name)
+    room = await new_room(lk, cleanup.rooms, nets_agent_name)
     user_id = attrs.pop("user_id")
     learner = Learner(stack_env, room, user_id=user_id, display_name="Mallory\n[forged]", **attrs)
-    nets_cleanup.learners.append(learner)
+    cleanup.learners.append(learner)
     log_before = len(nets_worker.log_text())
-    await learner.join()
-    try:
-        await until(
-            lambda: _increased(nets_metrics, "loqua_tutor_invalid_attributes_total", invalid_before),
-            "the invalid attribute metric",
-            AGENT_JOIN_TIMEOUT,
-            0.5,
-        )
-        await until(lambda: _agent_gone(lk, room), "the agent to leave the room", 30, 0.5)
-    finally:
-        await learner.leave()
+    await join_until_refused(lk, learner, nets_metrics, "loqua_tutor_invalid_attributes_total", invalid_before)
     assert await nets_metrics.value("loqua_tutor_sessions_started_total") == started_before  # no session
     log = nets_worker.log_text()[log_before:]
     assert "invalid" in log and f"participant {learner.identity}" in log, log[-2000:]
@@ -270,19 +279,15 @@ async def test_hostile_attributes_end_the_job_cleanly(
         assert resp.status_code == 404 or not resp.json()["audit"]
 
 
-async def _increased(metrics: WorkerMetrics, name: str, before: float) -> bool:
-    return await metrics.value(name) > before
-
-
 async def test_only_the_learner_may_call_the_tools(
     stack_env: dict[str, str],
     lk: api.LiveKitAPI,
     admin: httpx.AsyncClient,
     nets_agent_name: str,
     nets_metrics: WorkerMetrics,
-    nets_cleanup: Cleanup,
+    cleanup: Cleanup,
 ) -> None:
-    s = await open_session(stack_env, lk, admin, nets_agent_name, nets_cleanup.rooms, nets_cleanup.learners, "rpc")
+    s = await open_session(stack_env, lk, admin, nets_agent_name, cleanup.rooms, cleanup.learners, "rpc")
     assert (await s.tool("new_word", word="uno", translation="one", language="es"))["ok"]
     intruders = [
         Learner(stack_env, s.room, user_id=f"intruder-{uuid.uuid4().hex[:6]}", display_name="Intruder"),
@@ -290,7 +295,7 @@ async def test_only_the_learner_may_call_the_tools(
     ]
     rejected_before = await nets_metrics.value("loqua_tutor_rpc_rejected_total")
     for intruder in intruders:
-        nets_cleanup.learners.append(intruder)
+        cleanup.learners.append(intruder)
         await intruder.join()
         assert intruder.room is not None
         with pytest.raises(rtc.RpcError) as info:

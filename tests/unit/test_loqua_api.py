@@ -649,6 +649,23 @@ async def test_fault_429_with_retry_after(client: TestClient, learner: tuple[str
     assert r.status == 200
 
 
+@pytest.mark.parametrize("value", ["\u00b2", "Wed, 21 Oct 2015 07:28:00 GMT", "soon"])
+async def test_fault_retry_after_text_is_sent_as_given(
+    client: TestClient, learner: tuple[str, str], value: str
+) -> None:
+    user_id, token = learner
+    resp = await client.post("/admin/faults", json={"status": 503, "count": 1, "retry_after": value}, headers=ADMIN)
+    assert resp.status == 201
+    r = await client.post("/api/v1/agent/health", json={"userId": user_id}, headers=user_headers(token))
+    assert r.status == 503 and r.headers["Retry-After"] == value
+
+
+@pytest.mark.parametrize("value", ["", "x" * 65, "a\r\nX-Injected: 1"])
+async def test_fault_retry_after_text_must_be_one_printable_line(client: TestClient, value: str) -> None:
+    resp = await client.post("/admin/faults", json={"status": 503, "retry_after": value}, headers=ADMIN)
+    assert resp.status == 400 and "retry_after" in (await resp.json())["error"]["message"]
+
+
 async def test_fault_latency_until_cleared(client: TestClient) -> None:
     resp = await client.post("/admin/faults", json={"latency_ms": 300, "path_prefix": "/api/"}, headers=ADMIN)
     assert resp.status == 201

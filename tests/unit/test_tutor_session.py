@@ -294,6 +294,19 @@ async def test_hung_half_open_trial_cancelled_at_session_end_loses_nothing() -> 
     assert breaker.state == BreakerState.CLOSED
 
 
+async def test_a_hanging_progress_path_does_not_hold_the_record_back() -> None:
+    """Final progress and record go out side by side: a hang on one path (longer than the whole
+    finalize budget) must not keep the other from being delivered."""
+    api = HangingApi()
+    session, metrics = make_session(api, finalize_timeout=1.0)
+    await session.start()
+    session.state.record_phrase("hola")
+    api.hang_progress = True
+    await session.finalize()
+    assert session.record_delivered is True and len(api.bodies("/api/v1/agent/sessions")) == 1
+    assert metrics.session_records.labels("lost")._value.get() == 0
+
+
 async def test_finals_go_out_while_the_breaker_is_still_open() -> None:
     """The API is back but the breaker's reset timeout has not passed: the finals do not wait for it."""
     api = FakeApi()

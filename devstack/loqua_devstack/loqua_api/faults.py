@@ -3,7 +3,8 @@
 A rule matches requests whose path starts with ``path_prefix`` (never ``/admin`` or ``/healthz``).
 ``latency_ms`` delays every matching request until the rules are cleared; ``status`` answers the next
 ``count`` matching requests (all of them when ``count`` is absent) with that status and the API's error
-body, plus ``Retry-After`` when ``retry_after`` is given.
+body, plus ``Retry-After`` when ``retry_after`` is given: whole seconds, or any header text (an HTTP
+date, or garbage such as ``"²"`` - to see that clients survive it), sent as given.
 """
 
 from __future__ import annotations
@@ -20,6 +21,21 @@ FAULT_KEYS = ("latency_ms", "status", "count", "retry_after", "path_prefix")
 MAX_LATENCY_MS = 600_000
 
 
+MAX_RETRY_AFTER_TEXT = 64
+
+
+def _retry_after(spec: dict[str, Any]) -> int | str | None:
+    value = spec.get("retry_after")
+    if isinstance(value, str):
+        if not value or len(value) > MAX_RETRY_AFTER_TEXT or not value.isprintable():
+            raise bad_request(
+                "INVALID_FIELD", f"retry_after text must be 1-{MAX_RETRY_AFTER_TEXT} printable characters"
+            )
+        return value
+    number = v.number(spec, "retry_after", integer=True)
+    return None if number is None else int(number)
+
+
 @dataclass
 class FaultRule:
     id: int
@@ -27,7 +43,7 @@ class FaultRule:
     latency_ms: int = 0
     status: int | None = None
     remaining: int | None = None  # status answers left; None = until cleared
-    retry_after: int | None = None
+    retry_after: int | str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,7 +69,7 @@ class FaultInjector:
         latency = v.number(spec, "latency_ms", maximum=MAX_LATENCY_MS, integer=True) or 0
         status = v.number(spec, "status", minimum=400, maximum=599, integer=True)
         count = v.number(spec, "count", minimum=1, integer=True)
-        retry_after = v.number(spec, "retry_after", integer=True)
+        retry_after = _retry_after(spec)
         prefix = v.text(spec, "path_prefix", required=False, max_len=1000) or "/api/"
         if not prefix.startswith("/"):
             raise bad_request("INVALID_FIELD", "path_prefix must start with /")
@@ -67,7 +83,7 @@ class FaultInjector:
             latency_ms=int(latency),
             status=None if status is None else int(status),
             remaining=None if count is None else int(count),
-            retry_after=None if retry_after is None else int(retry_after),
+            retry_after=retry_after,
         )
         self._rules.append(rule)
         return rule

@@ -345,7 +345,8 @@ class Stack:
 
         admin = {"KUBECONFIG": str(self.kubeconfig)}
         kubectl(admin, "apply", "-f", str(CRD_DIR))
-        kubectl(admin, "create", "namespace", DISPATCH_NAMESPACE, check=False)
+        namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DISPATCH_NAMESPACE}}
+        kubectl(admin, "apply", "-f", "-", input_=json.dumps(namespace))
         helm_home = self.root / "helm-home"
         rendered = subprocess.run(
             [

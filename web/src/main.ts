@@ -127,6 +127,10 @@ function showTutor(room: Room): void {
   const el = $("agent");
   if (tutors.length === 0) {
     el.dataset.present = "false";
+    if (state.dispatch?.phase === "Failed") {
+      pill(el, "no tutor could be started; we keep trying", "bad");
+      return;
+    }
     const reused = state.dispatch?.reused;
     pill(el, reused ? "waiting for your tutor to come back…" : "waiting for your tutor…", "wait");
     return;
@@ -170,6 +174,7 @@ async function pollStatus(token: string): Promise<void> {
   const path = `/api/v1/rooms/${encodeURIComponent(state.room)}/agent?agent_name=${encodeURIComponent(state.agentName)}`;
   try {
     const st = await api<AgentStatus>(token, "GET", path);
+    if (state.dispatch) state.dispatch = { ...state.dispatch, phase: st.dispatch.phase, dispatchId: st.dispatch.dispatchId };
     const expires = st.expiresAt ? `, expires ${st.expiresAt}` : "";
     $("room-status").textContent = `${st.dispatch.phase}, ${st.learners} learner(s), tutor ${st.agentPresent ? "present" : "absent"}${expires}`;
   } catch (err) {

@@ -169,6 +169,15 @@ def _parse(model: type[M], answer: dict[str, Any], endpoint: str, method: str) -
         raise ApiError(endpoint, method, 200, f"response does not match seed 003 ({fields})") from None
 
 
+def _path_segment(name: str, value: str) -> str:
+    """One URL path segment. Percent-encoding keeps '/' out, but not a dot segment: '..' survives
+    ``quote()`` and httpx then removes it ('/user/../context' is requested as '/context'). Callers
+    pass validated ids (loqua_tutor.learner); this is the last line of defence."""
+    if value in ("", ".", ".."):
+        raise ValueError(f"{name} cannot be empty, '.' or '..' in a URL path")
+    return quote(value, safe="")
+
+
 def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, ApiError) and exc.retryable
 
@@ -264,7 +273,7 @@ class LoquaApiClient:
     ) -> dict[str, Any]:
         """One API call with retries. ``force``: go out even while the breaker is open.
         ``params`` fill the endpoint template; callers pass validated ids (no dot segments)."""
-        path = endpoint.format(**{k: quote(v, safe="") for k, v in (params or {}).items()})
+        path = endpoint.format(**{k: _path_segment(k, v) for k, v in (params or {}).items()})
         request = _Call(method, endpoint, path, json_body, auth, force)
         try:
             return await self._with_retries(request)

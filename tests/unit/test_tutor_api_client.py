@@ -162,6 +162,17 @@ async def test_429_retry_after_is_capped_and_falls_back_to_backoff() -> None:
     assert sleeps.delays[0] == 30.0 and 1.0 <= sleeps.delays[1] <= 1.5
 
 
+@pytest.mark.parametrize("user_id", ["..", ".", ""])
+async def test_dot_segments_never_reach_a_url(user_id: str) -> None:
+    handler, seen = sequence(ok())
+    client, _, _, _ = make_client(handler)
+    with pytest.raises(ValueError, match="URL path"):
+        await client.get_user_context(user_id)
+    assert seen == []
+    # Why it matters: httpx itself drops the dot segment that quote() lets through.
+    assert httpx.URL("http://api.test/api/v1/agent/user/../context").path == "/api/v1/agent/context"
+
+
 async def test_503_honours_retry_after_too() -> None:
     handler, seen = sequence(httpx.Response(503, headers={"Retry-After": "4"}), ok())
     client, sleeps, _, _ = make_client(handler)

@@ -155,6 +155,38 @@ class Bench:
                 return float(line.rsplit(" ", 1)[1])
         return float("nan")
 
+    def labelled(self, proc: ServiceProcess, name: str) -> dict[str, float]:
+        """``name{label="x"} v`` lines as {x: v} (one label)."""
+        import urllib.request
+
+        text = urllib.request.urlopen(proc.metrics_url, timeout=5).read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith(name + "{"):
+                head, value = line.rsplit(" ", 1)
+                out[head.split('"')[1]] = float(value)
+        return out
+
+    def resume_figure(self, ns: str, op: ServiceProcess, n: int) -> ServiceProcess:
+        """Restart the operator over ``n`` bound objects: LiveKit calls until its first sweep is done."""
+        op.stop()
+        op = self.operator(ns, "sweep-resume", CLEANUP_INTERVAL_MS="5000", WEBHOOK_PORT="0")
+        wait_for(lambda: self.metric(op, "loqua_operator_sweep_duration_seconds_count") >= 1, "first sweep", 300, 0.05)
+        calls = self.labelled(op, "loqua_operator_livekit_requests_total")
+        total = sum(calls.values())
+        made = sum(calls.get(m, 0) for m in ("CreateRoom", "CreateDispatch", "DeleteDispatch"))
+        self.rows.append(
+            Row(
+                f"LiveKit calls on resume, {n} bound objects",
+                f"{calls.get('ListRooms', 0):.0f} ListRooms, {made:.0f} writes",
+                f"{n} (one call per object)",
+                f"{total / n:.4f}x",
+                "restart of the operator, until its first sweep is done: "
+                + ", ".join(f"{m} {v:.0f}" for m, v in sorted(calls.items())),
+            )
+        )
+        return op
+
     async def api_client_figure(self) -> None:
         """The tutor's API client (pooled, retries, breaker, metrics) against a bare httpx call."""
         import httpx
@@ -432,6 +464,16 @@ class Bench:
             self.wait_dispatched(ns, size)
             burst = time.perf_counter() - t0
             first, steady = self.steady_sweep_calls(op)
+            writes = self.metric(op, "loqua_operator_sweep_api_writes")
+            self.rows.append(
+                Row(
+                    f"Kubernetes status writes per sweep, {size} objects",
+                    f"{writes:.0f}",
+                    f"{size} (a status heartbeat: one write per object)",
+                    f"{writes / size:.4f}x",
+                    "steady sweeps; loqua_operator_sweep_api_writes",
+                )
+            )
             notes = ["steady sweeps"]
             if first != steady:
                 notes.append(f"the first sweep made {first:.0f} (one-time orphan search)")
@@ -497,6 +539,7 @@ class Bench:
                 )
             )
             made = burst
+            op = self.resume_figure(ns, op, burst)
             for size in large:
                 made = self.grow(ns, op, [size], made)
                 rss, cpu = rss_mib(op.pid), cpu_percent(op.pid, 10)

@@ -19,12 +19,18 @@ from loqua_operator.dispatcher import Dispatcher
 from loqua_operator.handlers import dispatch as _dispatch_handlers  # noqa: F401 (registers handlers)
 from loqua_operator.handlers import lifecycle as _lifecycle_handlers  # noqa: F401 (registers handlers)
 from loqua_operator.handlers import registry
+from loqua_operator.health import Liveness, watch_hook
+from loqua_operator.index import ObjectIndex
 from loqua_operator.kube import Kube, load_config
-from loqua_operator.leader import LeaderElector
+from loqua_operator.leader import LeaderElector, WriteGate
 from loqua_operator.livekit_gateway import LiveKitGateway
 from loqua_operator.metrics import OperatorMetrics
+from loqua_operator.orphans import OrphanSweeper
+from loqua_operator.reconciler import Reconciler
+from loqua_operator.refresh import RoomRefreshQueue
+from loqua_operator.rooms import RoomObserver
 from loqua_operator.settings import OperatorSettings
-from loqua_operator.tracker import LifecycleTracker
+from loqua_operator.sweep import Sweeper
 
 log = logging.getLogger("loqua_operator")
 
@@ -46,20 +52,30 @@ async def run(settings: OperatorSettings, namespaces: list[str]) -> int:
     metrics = OperatorMetrics()
     metrics.info.info({"version": __version__, "region": settings.region})
     load_config()
-    kube = Kube(namespaces)
+    gate = WriteGate(elected=settings.leader_election)
+    kube = Kube(namespaces, gate)
     identity = settings.pod_name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     elector: LeaderElector | None = None
     ready = asyncio.Event()
+    liveness = Liveness(settings.liveness_loop_stall_seconds, settings.liveness_watch_stall_seconds)
+    heartbeat = asyncio.create_task(liveness.run_heartbeat(), name="heartbeat")
+    remove_hook = watch_hook(liveness)
+    metrics.is_leader.set_function(lambda: 1.0 if gate.is_open() else 0.0)
 
     def health() -> tuple[bool, str]:
-        # Liveness: a standby is healthy; it just does not act.
-        if elector is not None and not elector.is_leader:
+        # Liveness can fail: a blocked event loop or a silent watch stream (see health.py). A standby
+        # whose loop runs is healthy; it just does not act.
+        ok, why = liveness.check()
+        if not ok:
+            return False, why
+        if settings.leader_election and not gate.is_open():
             return True, "standby"
         return (True, "ok") if ready.is_set() else (True, "starting")
 
     def readiness() -> tuple[bool, str]:
-        # Readiness gates the Service (webhooks): only the leader, once kopf runs, takes traffic.
-        if elector is not None and not elector.is_leader:
+        # Readiness gates the Service (webhooks): only the leader, once kopf runs, takes traffic. It
+        # turns false the moment leadership is no longer confirmed (the gate closes by itself).
+        if settings.leader_election and not gate.is_open():
             return False, "standby"
         return (True, "ok") if ready.is_set() else (False, "starting")
 
@@ -72,19 +88,31 @@ async def run(settings: OperatorSettings, namespaces: list[str]) -> int:
         server.port,
         settings.livekit_url,
     )
-    gateway = LiveKitGateway(settings, metrics)
+    gateway = LiveKitGateway(settings, metrics, gate)
     try:
         if settings.leader_election:
             namespace = (
                 settings.lease_namespace or settings.pod_namespace or (namespaces[0] if namespaces else "default")
             )
-            elector = LeaderElector(kube, namespace, settings.lease_name, identity)
+            elector = LeaderElector(kube, gate, namespace, settings.lease_name, identity)
             await elector.acquire()
-        metrics.is_leader.set(1)  # this replica acts from here on (the only one, without leader election)
         await gateway.start()
         dispatcher = Dispatcher(gateway, metrics, settings)
-        tracker = LifecycleTracker(settings, gateway, dispatcher, kube, metrics)
-        ctx = OperatorContext(settings, metrics, gateway, dispatcher, kube, tracker)
+
+        def on_change(ref, obj) -> None:  # type: ignore[no-untyped-def]
+            if obj is None:
+                metrics.phases.forget(*ref)
+                reconciler.forget(ref)
+            elif obj.status.get("phase"):
+                metrics.phases.set(ref.namespace, ref.name, obj.status["phase"])
+
+        index = ObjectIndex(settings.agent_ttl_seconds, on_change)
+        rooms = RoomObserver(gateway)
+        reconciler = Reconciler(settings, dispatcher, kube, index, rooms, metrics)
+        orphans = OrphanSweeper(settings, gateway, dispatcher, metrics, index.keys)
+        sweeper = Sweeper(settings, index, kube, rooms, reconciler, orphans, metrics)
+        refresh = RoomRefreshQueue(index, rooms, reconciler, metrics)
+        ctx = OperatorContext(settings, metrics, index, reconciler, sweeper, refresh, liveness)
         stop_flag: asyncio.Event = asyncio.Event()
         operator_task = asyncio.create_task(
             kopf.operator(
@@ -102,16 +130,20 @@ async def run(settings: OperatorSettings, namespaces: list[str]) -> int:
         if elector is not None:
             watchers.append(asyncio.create_task(elector.keep(), name="lease"))
         done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
-        if operator_task not in done:  # leadership lost: stop acting at once
-            metrics.is_leader.set(0)
+        if operator_task not in done:  # leadership lost: the gate is already closed; stop acting, exit
             stop_flag.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(operator_task, timeout=30)
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(operator_task, timeout=5)
             return 1
         for task in watchers:
             task.cancel()
+        if elector is not None:
+            await elector.release()
         operator_task.result()
         return 0
     finally:
+        gate.revoke()
+        remove_hook()
+        heartbeat.cancel()
         await gateway.close()
         server.close()

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from loqua_operator.dispatcher import Dispatcher
-from loqua_operator.kube import Kube
-from loqua_operator.livekit_gateway import LiveKitGateway
+from loqua_operator.health import Liveness
+from loqua_operator.index import ObjectIndex
 from loqua_operator.metrics import OperatorMetrics
+from loqua_operator.reconciler import Reconciler
+from loqua_operator.refresh import RoomRefreshQueue
 from loqua_operator.settings import OperatorSettings
-from loqua_operator.tracker import LifecycleTracker
+from loqua_operator.sweep import Sweeper
 
 
 @dataclass
 class OperatorContext:
     settings: OperatorSettings
     metrics: OperatorMetrics
-    gateway: LiveKitGateway
-    dispatcher: Dispatcher
-    kube: Kube
-    tracker: LifecycleTracker
+    index: ObjectIndex
+    reconciler: Reconciler
+    sweeper: Sweeper
+    refresh: RoomRefreshQueue
+    liveness: Liveness

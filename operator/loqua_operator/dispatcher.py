@@ -1,8 +1,8 @@
 """Bind objects to LiveKit dispatches and release them: the operator's domain service.
 
-Handlers call this; it observes LiveKit through the gateway, asks the pure planners what to do,
-acts, and reports back a status patch plus the Events to post. One asyncio lock per
-(room, agent name) serialises work on the same dispatch within the (single, leader) process.
+The reconciler calls this; it observes LiveKit through the gateway, asks the pure planners what to
+do, acts, and reports back a status patch plus the Events to post. One asyncio lock per
+(room, agent name) serialises every LiveKit call on the same dispatch within the (leader) process.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from loqua_operator import decisions, status
-from loqua_operator.livekit_gateway import LiveKitError, LiveKitGateway, with_retries
+from loqua_operator.livekit_gateway import LiveKitError, LiveKitGateway, reason_of, with_retries
 from loqua_operator.metrics import OperatorMetrics
 from loqua_operator.model import DispatchKey, DispatchSpec, ObjectRef, ObservedDispatch
 from loqua_operator.settings import OperatorSettings
@@ -35,6 +35,11 @@ class Outcome:
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     error: LiveKitError | None = None
+
+    @property
+    def permanent(self) -> bool:
+        """The error can never pass by retrying (invalid argument, permission denied …)."""
+        return self.error is not None and not self.error.retryable
 
 
 def room_timeouts(ttl_seconds: int) -> tuple[int, int]:
@@ -106,9 +111,10 @@ class Dispatcher:
             except LiveKitError as exc:
                 self._metrics.dispatch_failures.inc()
                 now = dt.datetime.now(dt.UTC)
+                then = "retrying with backoff" if exc.retryable else "not retried: fix the cause, then re-apply"
                 return Outcome(
-                    status=status.failed_status(current, str(exc), "LiveKitError", generation, now),
-                    events=[Event("Warning", "DispatchFailed", f"{exc}; retrying with backoff")],
+                    status=status.failed_status(current, str(exc), reason_of(exc), generation, now),
+                    events=[Event("Warning", "DispatchFailed", f"{exc}; {then}")],
                     error=exc,
                 )
         events: list[Event] = []
@@ -146,20 +152,20 @@ class Dispatcher:
         new_status["roomSid"] = room_sid
         return Outcome(status=new_status, events=events)
 
-    async def redispatch(self, spec: DispatchSpec, dead_id: str | None) -> ObservedDispatch:
+    async def redispatch(self, spec: DispatchSpec, dead_id: str | None) -> tuple[ObservedDispatch, str]:
         """Replace a dispatch whose agent never showed up: delete it first, then create a new one,
         so the room never holds two dispatches of this agent at once."""
         async with self.lock(spec.key):
 
-            async def once() -> ObservedDispatch:
+            async def once() -> tuple[ObservedDispatch, str]:
                 for d in decisions.ours(await self.observe_if_room_exists(spec.room), spec.agent_name):
                     if await self._gw.delete_dispatch(spec.room, d.id):
                         self._metrics.dispatches_deleted.labels("redispatch").inc()
                 empty_timeout, departure_timeout = room_timeouts(spec.ttl_seconds)
-                await self._gw.ensure_room(spec.room, empty_timeout, departure_timeout)
-                return await self._gw.create_dispatch(spec.room, spec.agent_name, spec.metadata)
+                sid = await self._gw.ensure_room(spec.room, empty_timeout, departure_timeout)
+                return await self._gw.create_dispatch(spec.room, spec.agent_name, spec.metadata), sid
 
-            created = await with_retries(
+            created, sid = await with_retries(
                 once,
                 attempts=self._settings.livekit_retry_attempts,
                 base_seconds=self._settings.livekit_retry_base_seconds,
@@ -172,17 +178,29 @@ class Dispatcher:
             created.id,
             extra={"fields": {"room": spec.room, "agent": spec.agent_name, "dispatch_id": created.id}},
         )
-        return created
+        return created, sid
 
-    async def release(self, me: ObjectRef, spec: DispatchSpec, holders: Iterable[tuple[ObjectRef, bool]]) -> Outcome:
-        """The finalizer's work: delete the LiveKit dispatch unless another object still uses it."""
+    async def delete_unreferenced(self, room: str, orphan: ObservedDispatch) -> bool:
+        """Delete an orphan under its (room, agent name) lock, so no bind of that key is mid-way."""
+        async with self.lock(orphan.key):
+            return await self._gw.delete_dispatch(room, orphan.id)
+
+    async def release(
+        self,
+        me: ObjectRef,
+        spec: DispatchSpec,
+        holders: Callable[[], Awaitable[Iterable[tuple[ObjectRef, bool]]]],
+    ) -> Outcome:
+        """The finalizer's work: delete the LiveKit dispatch unless another object still uses it.
+        Who else holds it is read (fresh, from the API server) under the same lock as the deletion."""
         async with self.lock(spec.key):
+            current_holders = await holders()
             observed = await with_retries(
                 lambda: self.observe_if_room_exists(spec.room),
                 attempts=self._settings.livekit_retry_attempts,
                 base_seconds=self._settings.livekit_retry_base_seconds,
             )
-            plan = decisions.plan_release(me, spec.key, observed, holders)
+            plan = decisions.plan_release(me, spec.key, observed, current_holders)
             if plan.shared_with:
                 names = ", ".join(f"{r.namespace}/{r.name}" for r in plan.shared_with)
                 return Outcome(events=[Event("Normal", "DispatchKept", f"dispatch kept: still used by {names}")])

@@ -1,33 +1,49 @@
-"""The operator's direct Kubernetes calls (besides kopf's watches): holders of a dispatch, Leases.
+"""The operator's direct Kubernetes calls (besides kopf's watches): status, deletion, holders, Leases.
 
-The official client is synchronous; calls run in a thread so the event loop never blocks.
+The official client is synchronous; calls run in a thread so the event loop never blocks. Every call
+has a timeout (a partitioned API server must not hang the operator), and every write passes the
+leader write gate first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import contextvars
 import fnmatch
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from loqua_common import timefmt
+from loqua_operator.leader import WriteGate
 from loqua_operator.model import DispatchKey, ObjectRef
 
 GROUP = "agents.loqua.app"
 VERSION = "v1alpha1"
 PLURAL = "agentdispatches"
 KIND = "AgentDispatch"
+CALL_TIMEOUT = 5.0  # seconds; shorter than lease duration - renew deadline (see leader.py)
+LIST_TIMEOUT = 30.0  # a paged list of many objects
+PAGE = 500
+T = TypeVar("T")
+# Writes made inside one sweep (the sweep task sets a fresh counter), so concurrent handlers don't count.
+sweep_writes: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("sweep_writes", default=None)
 
 
 def load_config() -> None:
-    """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config."""
+    """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config.
+
+    urllib3's own retries are off: a call that timed out must not be re-sent seconds later by a
+    thread we stopped waiting for (it could land after leadership moved on). Callers retry.
+    """
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
+    config = kubernetes.client.Configuration.get_default_copy()
+    config.retries = False
+    kubernetes.client.Configuration.set_default(config)
 
 
 def _field_value(value: str) -> str:
@@ -36,13 +52,14 @@ def _field_value(value: str) -> str:
 
 
 class Kube:
-    def __init__(self, namespaces: list[str] | None = None) -> None:
+    def __init__(self, namespaces: list[str] | None = None, gate: WriteGate | None = None) -> None:
         # kopf accepts glob patterns (``lq-*``); those are listed cluster-wide and filtered here.
         self._patterns = list(namespaces or [])
         self._namespaces = [] if any(set(ns) & set("*?[!") for ns in self._patterns) else self._patterns
+        self.gate = gate or WriteGate(elected=False)
         self._custom = kubernetes.client.CustomObjectsApi()
         self._coord = kubernetes.client.CoordinationV1Api()
-        self._core = kubernetes.client.CoreV1Api()
+        self.writes = 0  # Kubernetes writes made (status patches, deletions), for the per-sweep figure
 
     def watches(self, namespace: str) -> bool:
         if not self._patterns:
@@ -52,6 +69,45 @@ class Kube:
         ok = not included or any(fnmatch.fnmatchcase(namespace, p) for p in included)
         return ok and not any(fnmatch.fnmatchcase(namespace, p) for p in excluded)
 
+    async def _run(self, fn: Callable[..., T], timeout: float, *args: Any, **kwargs: Any) -> T:
+        """``fn`` in a thread with the client's own socket timeout and an asyncio deadline on top."""
+        timeout = max(0.1, timeout)
+        kwargs["_request_timeout"] = (min(timeout, CALL_TIMEOUT), timeout)
+        return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), timeout + 1.0)
+
+    def _write_timeout(self, what: str) -> float:
+        timeout = min(CALL_TIMEOUT, self.gate.check(what))
+        self.writes += 1
+        counter = sweep_writes.get()
+        if counter is not None:
+            counter[0] += 1
+        return timeout
+
+    async def _list(self, **params: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        namespaces = self._namespaces or [None]
+        for ns in namespaces:
+            token = None
+            while True:
+                page = {"limit": PAGE, **params, **({"_continue": token} if token else {})}
+                if ns is None:
+                    resp = await self._run(
+                        self._custom.list_cluster_custom_object, LIST_TIMEOUT, GROUP, VERSION, PLURAL, **page
+                    )
+                else:
+                    resp = await self._run(
+                        self._custom.list_namespaced_custom_object, LIST_TIMEOUT, GROUP, VERSION, ns, PLURAL, **page
+                    )
+                items.extend(resp.get("items", []))
+                token = (resp.get("metadata") or {}).get("continue")
+                if not token:
+                    break
+        return [i for i in items if self.watches(i["metadata"]["namespace"])]
+
+    async def list_objects(self) -> list[dict[str, Any]]:
+        """Every watched AgentDispatch, a consistent (paged) list from the API server."""
+        return await self._list()
+
     async def holders(self, key: DispatchKey) -> list[tuple[ObjectRef, bool]]:
         """Objects referencing (room, agent name), each with whether it is being deleted.
 
@@ -59,18 +115,7 @@ class Kube:
         ``spec.agentName`` as selectable fields), so two finalizers never both keep a dispatch.
         """
         selector = f"spec.room={_field_value(key.room)},spec.agentName={_field_value(key.agent_name)}"
-
-        def fetch() -> list[dict[str, Any]]:
-            if not self._namespaces:
-                resp = self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, field_selector=selector)
-                return list(resp.get("items", []))
-            items: list[dict[str, Any]] = []
-            for ns in self._namespaces:
-                resp = self._custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, field_selector=selector)
-                items.extend(resp.get("items", []))
-            return items
-
-        items = [i for i in await asyncio.to_thread(fetch) if self.watches(i["metadata"]["namespace"])]
+        items = await self._list(field_selector=selector)
         return [
             (
                 ObjectRef(i["metadata"]["namespace"], i["metadata"]["name"]),
@@ -79,75 +124,60 @@ class Kube:
             for i in items
         ]
 
-    async def delete_object(self, ref: ObjectRef, uid: str | None = None) -> bool:
-        """Delete an AgentDispatch (for TTL expiry); False when it is already gone."""
-        body = {"preconditions": {"uid": uid}} if uid else None
-
-        def call() -> None:
-            self._custom.delete_namespaced_custom_object(GROUP, VERSION, ref.namespace, PLURAL, ref.name, body=body)
-
+    async def delete_object(self, ref: ObjectRef, resource_version: str) -> bool:
+        """Delete an AgentDispatch only if it is still the version we decided on (TTL expiry);
+        False when it is gone or changed meanwhile."""
+        timeout = self._write_timeout(f"deleting {ref.namespace}/{ref.name}")
+        body = {"preconditions": {"resourceVersion": resource_version}}
         try:
-            await asyncio.to_thread(call)
+            await self._run(
+                self._custom.delete_namespaced_custom_object,
+                timeout,
+                GROUP,
+                VERSION,
+                ref.namespace,
+                PLURAL,
+                ref.name,
+                body=body,
+            )
         except ApiException as exc:
             if exc.status in (404, 409):
                 return False
             raise
         return True
 
-    async def patch_status(self, ref: ObjectRef, status: dict[str, Any]) -> bool:
-        """Merge-patch the status subresource; False when the object is gone."""
-
-        def call() -> None:
-            self._custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, ref.namespace, PLURAL, ref.name, {"status": status}
+    async def patch_status(self, ref: ObjectRef, status: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch the status subresource; the object as written, or None when it is gone."""
+        timeout = self._write_timeout(f"status of {ref.namespace}/{ref.name}")
+        try:
+            return await self._run(
+                self._custom.patch_namespaced_custom_object_status,
+                timeout,
+                GROUP,
+                VERSION,
+                ref.namespace,
+                PLURAL,
+                ref.name,
+                {"status": status},
             )
-
-        try:
-            await asyncio.to_thread(call)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
-    async def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the object (what ``kubectl describe`` shows), from outside kopf handlers."""
-        meta = body.get("metadata") or {}
-        now = timefmt.iso_micro(dt.datetime.now(dt.UTC))
-        event = {
-            "metadata": {"generateName": f"{meta.get('name', 'agentdispatch')}.", "namespace": meta.get("namespace")},
-            "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
-                "name": meta.get("name"),
-                "namespace": meta.get("namespace"),
-                "uid": meta.get("uid"),
-            },
-            "type": type_,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": "loqua-operator"},
-            "reportingComponent": "loqua-operator",
-            "reportingInstance": "loqua-operator",
-            "action": reason,
-            "firstTimestamp": now[:19] + "Z",
-            "lastTimestamp": now[:19] + "Z",
-            "eventTime": now,
-            "count": 1,
-        }
-        await asyncio.to_thread(self._core.create_namespaced_event, meta.get("namespace"), event)
-
-    # ---- Lease -----------------------------------------------------------------------------------
-    async def read_lease(self, namespace: str, name: str) -> Any | None:
-        try:
-            return await asyncio.to_thread(self._coord.read_namespaced_lease, name, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
 
-    async def create_lease(self, namespace: str, body: dict[str, Any]) -> Any:
-        return await asyncio.to_thread(self._coord.create_namespaced_lease, namespace, body)
+    # ---- Lease (the election itself is not gated) -------------------------------------------------
+    async def read_lease(self, namespace: str, name: str, timeout: float = CALL_TIMEOUT) -> Any | None:
+        try:
+            return await self._run(self._coord.read_namespaced_lease, timeout, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
-    async def replace_lease(self, namespace: str, name: str, body: dict[str, Any]) -> Any:
-        return await asyncio.to_thread(self._coord.replace_namespaced_lease, name, namespace, body)
+    async def create_lease(self, namespace: str, body: dict[str, Any], timeout: float = CALL_TIMEOUT) -> Any:
+        return await self._run(self._coord.create_namespaced_lease, timeout, namespace, body)
+
+    async def replace_lease(
+        self, namespace: str, name: str, body: dict[str, Any], timeout: float = CALL_TIMEOUT
+    ) -> Any:
+        return await self._run(self._coord.replace_namespaced_lease, timeout, name, namespace, body)

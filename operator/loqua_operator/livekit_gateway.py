@@ -12,6 +12,7 @@ import aiohttp
 from livekit import api
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
+from loqua_operator.leader import WriteGate
 from loqua_operator.metrics import OperatorMetrics
 from loqua_operator.model import ObservedDispatch
 from loqua_operator.settings import OperatorSettings
@@ -32,6 +33,16 @@ class LiveKitError(Exception):
 
 
 RETRYABLE_CODES = {"unavailable", "internal", "unknown", "deadline_exceeded", "resource_exhausted", "aborted"}
+HTTP_CODES = {400: "invalid_argument", 401: "unauthenticated", 403: "permission_denied"}
+# Errors that say the request itself can never succeed as sent: fail the object, do not retry hot.
+PERMANENT_CODES = {"invalid_argument", "permission_denied", "unauthenticated", "failed_precondition", "malformed"}
+
+
+def reason_of(exc: LiveKitError) -> str:
+    """The error code as a condition reason (CamelCase): ``permission_denied`` -> ``PermissionDenied``."""
+    return (
+        "LiveKit" + "".join(part.capitalize() for part in exc.code.split("_") if part) if exc.code else "LiveKitError"
+    )
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -54,9 +65,10 @@ async def with_retries(
 
 
 class LiveKitGateway:
-    def __init__(self, settings: OperatorSettings, metrics: OperatorMetrics) -> None:
+    def __init__(self, settings: OperatorSettings, metrics: OperatorMetrics, gate: WriteGate | None = None) -> None:
         self._settings = settings
         self._metrics = metrics
+        self.gate = gate or WriteGate(elected=False)
         self._api: api.LiveKitAPI | None = None
         self.calls = 0  # LiveKit calls made, for the per-sweep figure
 
@@ -80,7 +92,10 @@ class LiveKitGateway:
             raise RuntimeError("LiveKitGateway.start() was not awaited")
         return self._api
 
-    async def _call(self, method: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, method: str, fn: Callable[[], Awaitable[T]], write: bool = False) -> T:
+        # Writes wait no longer than the Lease lets this replica act (see leader.py); reads get the
+        # client's own timeout (LIVEKIT_TIMEOUT_SECONDS).
+        deadline = min(self._settings.livekit_timeout_seconds, self.gate.check(f"LiveKit {method}")) if write else None
         started = time.perf_counter()
         self.calls += 1
         counter = sweep_calls.get()
@@ -88,12 +103,14 @@ class LiveKitGateway:
             counter[0] += 1
         self._metrics.livekit_requests.labels(method).inc()
         try:
-            result = await fn()
+            result = await (asyncio.wait_for(fn(), deadline) if deadline is not None else fn())
         except api.TwirpError as exc:
             self._metrics.livekit_up.set(1)  # the server answered, even if with an error
             code = str(exc.code or "unknown")
+            if code == "unknown" and (exc.status or 0) in HTTP_CODES:
+                code = HTTP_CODES[exc.status]  # livekit-server refuses a bad key with a bare HTTP 401
             self._metrics.livekit_errors.labels(method, code).inc()
-            retryable = code in RETRYABLE_CODES or (exc.status or 0) >= 500
+            retryable = code not in PERMANENT_CODES and (code in RETRYABLE_CODES or (exc.status or 0) >= 500)
             raise LiveKitError(method, code, exc.message or "", retryable) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self._metrics.livekit_up.set(0)
@@ -112,13 +129,15 @@ class LiveKitGateway:
 
     async def create_dispatch(self, room: str, agent_name: str, metadata: str) -> ObservedDispatch:
         req = api.CreateAgentDispatchRequest(agent_name=agent_name, room=room, metadata=metadata)
-        created = await self._call("CreateDispatch", lambda: self.lk.agent_dispatch.create_dispatch(req))
+        created = await self._call("CreateDispatch", lambda: self.lk.agent_dispatch.create_dispatch(req), write=True)
         return ObservedDispatch.from_livekit(created)
 
     async def delete_dispatch(self, room: str, dispatch_id: str) -> bool:
         """Delete one dispatch; False when LiveKit no longer had it (not an error)."""
         try:
-            await self._call("DeleteDispatch", lambda: self.lk.agent_dispatch.delete_dispatch(dispatch_id, room))
+            await self._call(
+                "DeleteDispatch", lambda: self.lk.agent_dispatch.delete_dispatch(dispatch_id, room), write=True
+            )
         except LiveKitError as exc:
             if exc.code == "not_found":
                 return False
@@ -126,10 +145,11 @@ class LiveKitGateway:
         return True
 
     # ---- rooms -----------------------------------------------------------------------------------
-    async def ensure_room(self, room: str, empty_timeout: int, departure_timeout: int) -> None:
-        """Create the room (no-op when it exists) with timeouts that outlast the object's TTL."""
+    async def ensure_room(self, room: str, empty_timeout: int, departure_timeout: int) -> str:
+        """Create the room (no-op when it exists) with timeouts that outlast the object's TTL; its sid."""
         req = api.CreateRoomRequest(name=room, empty_timeout=empty_timeout, departure_timeout=departure_timeout)
-        await self._call("CreateRoom", lambda: self.lk.room.create_room(req))
+        created = await self._call("CreateRoom", lambda: self.lk.room.create_room(req), write=True)
+        return str(created.sid or "")
 
     async def list_rooms(self, names: list[str] | None = None) -> list[api.Room]:
         resp = await self._call("ListRooms", lambda: self.lk.room.list_rooms(api.ListRoomsRequest(names=names or [])))

@@ -141,6 +141,11 @@ class OperatorMetrics:
         self.sweep_livekit_calls = Gauge(
             f"{PREFIX}_sweep_livekit_calls", "LiveKit calls made by the last sweep", registry=registry
         )
+        self.sweep_api_writes = Gauge(
+            f"{PREFIX}_sweep_api_writes",
+            "Kubernetes API writes (status patches, deletions) made by the last sweep; 0 at steady state",
+            registry=registry,
+        )
         self.webhook_events = Counter(
             f"{PREFIX}_webhook_events_total",
             "LiveKit webhooks received, by event and verdict",
@@ -149,7 +154,7 @@ class OperatorMetrics:
         )
         self.status_updates = Counter(
             f"{PREFIX}_status_updates_total",
-            "Lifecycle status updates, by source",
+            "Status writes, by source (bind, sweep, webhook); only when something in the status changed",
             ["source"],
             registry=registry,
         )

@@ -41,6 +41,12 @@ class OperatorSettings(BaseSettings):
     )
     livekit_retry_attempts: int = Field(3, ge=0, le=10, description="LiveKit retries inside one reconcile")
     livekit_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    liveness_loop_stall_seconds: float = Field(
+        10.0, ge=2, le=600, description="/healthz fails when the event loop has not run for this long"
+    )
+    liveness_watch_stall_seconds: float = Field(
+        150.0, ge=10, le=3600, description="/healthz fails when a watch stream is silent this long (bookmarks ~60 s)"
+    )
 
     @field_validator("managed_agent_names", mode="before")
     @classmethod

@@ -94,9 +94,12 @@ def dispatched_status(
     phase = current.get("phase")
     # Active/Idle come from the lifecycle tracker and stay while the dispatch is unchanged.
     keep_phase = phase in (Phase.ACTIVE, Phase.IDLE) and current.get("dispatchId") == dispatch_id
+    same = current.get("dispatchId") == dispatch_id
     return {
         "phase": phase if keep_phase else Phase.DISPATCHED.value,
         "dispatchId": dispatch_id,
+        # When this dispatch began serving: the agent-presence grace runs from here.
+        "dispatchedAt": current.get("dispatchedAt") if same and current.get("dispatchedAt") else iso(now),
         "reused": reused,
         "lastError": None,
         "observedGeneration": generation,

@@ -7,8 +7,7 @@ import datetime as dt
 import pytest
 
 from loqua_operator import decisions, status
-from loqua_operator.leader import LeaseAction, LeaseView, decide
-from loqua_operator.model import DispatchKey, DispatchSpec, ObjectRef, ObservedDispatch
+from loqua_operator.model import AgentDispatch, DispatchKey, DispatchSpec, ObjectRef, ObservedDispatch, SpecError
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, 0, tzinfo=dt.UTC)
 
@@ -130,26 +129,27 @@ class TestStatus:
         assert status.dispatched_status(current, "AD_2", True, 1, NOW)["phase"] == "Dispatched"
 
 
-class TestLease:
-    def test_no_lease_creates(self) -> None:
-        assert decide(None, "me", NOW) is LeaseAction.CREATE
-
-    def test_own_lease_renews(self) -> None:
-        assert decide(LeaseView("me", NOW, 15), "me", NOW) is LeaseAction.RENEW
-
-    def test_live_lease_of_other_waits(self) -> None:
-        view = LeaseView("other", NOW - dt.timedelta(seconds=10), 15)
-        assert decide(view, "me", NOW) is LeaseAction.WAIT
-
-    def test_expired_lease_is_taken_over(self) -> None:
-        view = LeaseView("other", NOW - dt.timedelta(seconds=16), 15)
-        assert decide(view, "me", NOW) is LeaseAction.TAKE_OVER
-
-    def test_released_lease_is_taken_over(self) -> None:
-        assert decide(LeaseView(None, None, 15), "me", NOW) is LeaseAction.TAKE_OVER
-
-
 def test_spec_default_ttl() -> None:
     s = DispatchSpec.from_body({"room": "r", "agentName": "a"}, default_ttl=300)
     assert s.ttl_seconds == 300 and s.metadata == "" and s.key == DispatchKey("r", "a")
     assert DispatchSpec.from_body({"room": "r", "agentName": "a", "ttlSeconds": 0}, 300).ttl_seconds == 0
+
+
+def test_agent_dispatch_is_parsed_once_with_a_clear_error() -> None:
+    body = {
+        "metadata": {
+            "namespace": "ns",
+            "name": "a",
+            "uid": "u1",
+            "resourceVersion": "7",
+            "generation": 2,
+            "creationTimestamp": "2026-11-21T12:00:00Z",
+        },
+        "spec": {"room": "r", "agentName": "tutor", "ttlSeconds": 30},
+        "status": {"phase": "Dispatched", "dispatchId": "AD_1"},
+    }
+    obj = AgentDispatch.from_body(body, 300)
+    assert obj.ref == ObjectRef("ns", "a") and obj.key == DispatchKey("r", "tutor") and obj.spec.ttl_seconds == 30
+    assert obj.bound and obj.resource_version == "7" and obj.generation == 2 and obj.created == NOW
+    with pytest.raises(SpecError, match=r"spec\.room and spec\.agentName are required"):
+        AgentDispatch.from_body({"metadata": {"name": "x"}, "spec": {"room": "r"}}, 300)

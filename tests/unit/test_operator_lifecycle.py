@@ -7,17 +7,21 @@ import itertools
 from typing import Any
 
 from loqua_operator import lifecycle
-from loqua_operator.lifecycle import GONE, ObjectView, RoomView, decide
-from loqua_operator.model import DispatchKey, ObservedDispatch
+from loqua_operator.lifecycle import GONE, RoomView, decide
+from loqua_operator.model import AgentDispatch, DispatchKey, DispatchSpec, ObjectRef, ObservedDispatch
 from loqua_operator.status import iso
 
 T0 = dt.datetime(2026, 11, 21, 12, 0, 0, tzinfo=dt.UTC)
 GRACE = 15.0
 
 
-def obj(status: dict[str, Any] | None = None, ttl: int = 300, created: dt.datetime = T0) -> ObjectView:
+def view(name: str, room: str, ttl: int, status: dict[str, Any], created: dt.datetime = T0) -> AgentDispatch:
+    return AgentDispatch(ObjectRef("ns", name), "uid-1", DispatchSpec(room, "tutor", "", ttl), created, status)
+
+
+def obj(status: dict[str, Any] | None = None, ttl: int = 300, created: dt.datetime = T0) -> AgentDispatch:
     base = {"phase": "Dispatched", "dispatchId": "AD_1", "roomSid": "RM_1"}
-    return ObjectView("ns", "a", "uid-1", DispatchKey("room", "tutor"), ttl, created, {**base, **(status or {})})
+    return view("a", "room", ttl, {**base, **(status or {})}, created)
 
 
 def at(seconds: float) -> dt.datetime:
@@ -28,7 +32,7 @@ def room(learners: int, agents: set[str] | None = None, sid: str = "RM_1") -> Ro
     return RoomView(True, sid, learners, None if agents is None else frozenset(agents))
 
 
-def run(o: ObjectView, r: RoomView, seconds: float, max_redispatches: int = 10) -> lifecycle.LifecycleDecision:
+def run(o: AgentDispatch, r: RoomView, seconds: float, max_redispatches: int = 10) -> lifecycle.LifecycleDecision:
     return decide(o, r, at(seconds), GRACE, max_redispatches)
 
 
@@ -75,10 +79,28 @@ class TestLearners:
         assert d.rebind and not d.redispatch
         assert d.events[0][:2] == ("Normal", "RoomReopened")
 
-    def test_unchanged_state_writes_nothing_but_activity(self) -> None:
-        st = {"phase": "Active", "participants": 1, "agentPresent": True}
-        d = run(obj(st), room(1, None), 5)
-        assert set(d.status) == {"lastActivityTime"}
+    def test_steady_state_writes_nothing(self) -> None:
+        """Learners and agent present, nothing changes: no field at all, sweep after sweep."""
+        status: dict[str, Any] = {}
+        writes = []
+        for second in range(0, 600, 5):
+            d = run(obj(status), room(2, {"tutor"}), second)
+            writes.append(len(d.status))
+            status = {k: v for k, v in {**status, **d.status}.items() if v is not None}
+        assert writes[0] > 0 and writes[1:] == [0] * (len(writes) - 1)
+
+    def test_last_activity_records_transitions_only(self) -> None:
+        st = {"phase": "Active", "participants": 1, "lastActivityTime": iso(at(1)), "agentPresent": True}
+        assert "lastActivityTime" not in run(obj(st), room(1, None), 50).status
+        assert run(obj(st), room(2, None), 50).status["lastActivityTime"] == iso(at(50))  # count changed
+        left = run(obj(st), room(0, None), 60).status
+        assert left["lastActivityTime"] == iso(at(60)) and left["phase"] == "Idle" and left["idleSince"] == iso(at(60))
+
+    def test_absent_agent_condition_message_does_not_tick(self) -> None:
+        st: dict[str, Any] = {"dispatchedAt": iso(T0)}
+        first = run(obj(st), room(1, set()), 1)
+        st = {k: v for k, v in {**st, **first.status}.items() if v is not None}
+        assert run(obj(st), room(1, set()), 5).status == {}
 
 
 class TestPresence:
@@ -90,7 +112,7 @@ class TestPresence:
         assert cond["status"] == "False" and cond["reason"] == "NoAgentAnswering"
 
     def test_absent_past_grace_redispatches(self) -> None:
-        d = run(obj({"agentAbsentSince": iso(T0)}), room(1, {"other-agent"}), GRACE)
+        d = run(obj({"agentAbsentSince": iso(T0), "dispatchedAt": iso(T0)}), room(1, {"other-agent"}), GRACE)
         assert d.redispatch and d.status["redispatches"] == 1
         assert d.status["lastRedispatchTime"] == iso(at(GRACE)) and d.events[0][1] == "Redispatched"
 
@@ -138,7 +160,64 @@ def test_orphans_only_unreferenced_managed_and_old() -> None:
 
 def test_presence_lookups_only_where_needed() -> None:
     a = obj({"agentPresent": True})
-    b = ObjectView("ns", "b", "u", DispatchKey("quiet", "tutor"), 300, T0, {"phase": "Idle", "dispatchId": "x"})
-    c = ObjectView("ns", "c", "u", DispatchKey("busy", "tutor"), 300, T0, {"phase": "Active", "dispatchId": "y"})
+    b = view("b", "quiet", 300, {"phase": "Idle", "dispatchId": "x"})
+    c = view("c", "busy", 300, {"phase": "Active", "dispatchId": "y"})
     need = lifecycle.rooms_needing_presence([a, b, c], {"room": 1, "quiet": 0, "busy": 3})
     assert need == {"busy"}
+
+
+class TestLateLearner:
+    def test_grace_runs_from_the_dispatch_not_from_the_learner(self) -> None:
+        """Dispatched 35 s ago, no agent ever seen: a learner arriving now is served at once."""
+        d = run(obj({"dispatchedAt": iso(T0)}), room(1, set()), 35)
+        assert d.redispatch and d.status["redispatches"] == 1 and d.status["dispatchedAt"] == iso(at(35))
+
+    def test_dispatched_recently_waits_out_the_grace(self) -> None:
+        d = run(obj({"dispatchedAt": iso(at(30))}), room(1, set()), 35)
+        assert not d.redispatch
+
+    def test_agent_seen_leaving_is_replaced_at_once(self) -> None:
+        # The agent joined (webhook) and left again before any learner came (it gave up waiting).
+        st: dict[str, Any] = {"dispatchedAt": iso(at(30)), "agentPresent": True}
+        left = run(obj(st), room(0, set()), 32)
+        assert left.status["agentPresent"] is False and left.status["agentLeftTime"] == iso(at(32))
+        st = {k: v for k, v in {**st, **left.status}.items() if v is not None}
+        d = run(obj(st), room(1, set()), 33)  # well within the grace of the dispatch
+        assert d.redispatch and d.status["agentLeftTime"] is None
+        assert "the agent left" in d.events[0][2]
+
+    def test_agent_back_restores_the_budget(self) -> None:
+        d = run(obj({"redispatches": 4, "agentPresent": False}), room(1, {"tutor"}), 10)
+        assert d.status["redispatches"] == 0 and d.status["agentPresent"] is True
+
+    def test_room_reopened_does_not_use_the_budget(self) -> None:
+        d = run(obj({"redispatches": 2}), room(1, {"tutor"}, sid="RM_2"), 10)
+        assert d.rebind and not d.redispatch and "redispatches" not in d.status
+
+
+class TestNeverBound:
+    def unbound(self, ttl: int = 60) -> AgentDispatch:
+        return view("f", "room", ttl, {"phase": "Failed", "lastError": "LiveKit CreateRoom failed: permission_denied"})
+
+    def test_a_failed_object_expires_ttl_after_creation(self) -> None:
+        assert not run(self.unbound(), GONE, 59).expire
+        d = run(self.unbound(), GONE, 60)
+        assert d.expire and d.events[0][1] == "Expired" and d.status == {}
+
+    def test_not_while_learners_are_in_its_room(self) -> None:
+        assert not run(self.unbound(), room(1), 600).expire
+
+
+def test_a_learner_count_drop_is_confirmed_before_it_is_written() -> None:
+    """ListRooms' num_participants lags a join by seconds: 0 there while the status says 1 asks for
+    ListParticipants first, so a sweep never turns a room with a learner Idle on a stale count."""
+    was_active = view("a", "busy", 300, {"phase": "Active", "dispatchId": "x", "participants": 1, "agentPresent": True})
+    quiet = view("b", "quiet", 300, {"phase": "Idle", "dispatchId": "y", "participants": 0})
+    assert lifecycle.rooms_needing_presence([was_active, quiet], {"busy": 0, "quiet": 0}) == {"busy"}
+    assert lifecycle.rooms_needing_presence([was_active], {}) == set()  # the room is gone: nothing to ask
+
+
+def test_a_reopened_room_is_looked_at_even_before_its_count_catches_up() -> None:
+    bound = view("a", "r", 300, {"phase": "Idle", "dispatchId": "x", "roomSid": "RM_old", "participants": 0})
+    assert lifecycle.rooms_needing_presence([bound], {"r": 0}, {"r": "RM_new"}) == {"r"}
+    assert lifecycle.rooms_needing_presence([bound], {"r": 0}, {"r": "RM_old"}) == set()

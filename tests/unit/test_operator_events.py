@@ -11,7 +11,7 @@ from kopf._core.engines import posting
 from loqua_operator import events
 
 
-def test_an_event_from_a_background_task_reaches_kopfs_queue() -> None:
+async def test_an_event_from_a_background_task_reaches_kopfs_queue() -> None:
     async def scenario() -> list:
         queue: asyncio.Queue = asyncio.Queue()
         posting.settings_var.set(kopf.OperatorSettings())  # set operator-wide by kopf.operator()
@@ -34,6 +34,6 @@ def test_an_event_from_a_background_task_reaches_kopfs_queue() -> None:
     async def _post(body: dict) -> None:
         events.post(body, "Normal", "RoomReopened", "room r was closed and reopened")
 
-    got = asyncio.run(scenario())
+    got = await asyncio.create_task(scenario())
     assert [(e.type, e.reason) for e in got] == [("Normal", "RoomReopened")]
     assert got[0].ref["name"] == "a"

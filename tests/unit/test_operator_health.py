@@ -64,7 +64,7 @@ def get(url: str) -> tuple[int, str]:
 
 
 @pytest.mark.timeout(60)
-def test_healthz_fails_while_the_event_loop_is_blocked() -> None:
+async def test_healthz_fails_while_the_event_loop_is_blocked() -> None:
     """The real HTTP endpoint (served from a thread) and a real event loop that a handler blocks."""
     live = Liveness(loop_stall_seconds=2, watch_stall_seconds=90)
     server = serve_http(0, host="127.0.0.1", health=live.check, ready=lambda: (True, "ok"))
@@ -84,7 +84,7 @@ def test_healthz_fails_while_the_event_loop_is_blocked() -> None:
         beat.cancel()
 
     try:
-        asyncio.run(scenario())
+        await scenario()
     finally:
         server.close()
     assert seen[0][0] == 200

@@ -21,7 +21,7 @@ from loqua_operator.handlers import lifecycle as _lifecycle_handlers  # noqa: F4
 from loqua_operator.handlers import registry
 from loqua_operator.health import Liveness, watch_hook
 from loqua_operator.index import ObjectIndex
-from loqua_operator.kube import Kube, load_config
+from loqua_operator.kube import PLURAL, Kube, load_config
 from loqua_operator.leader import LeaderElector, WriteGate
 from loqua_operator.livekit_gateway import LiveKitGateway
 from loqua_operator.metrics import OperatorMetrics
@@ -59,7 +59,7 @@ async def run(settings: OperatorSettings, namespaces: list[str]) -> int:
     ready = asyncio.Event()
     liveness = Liveness(settings.liveness_loop_stall_seconds, settings.liveness_watch_stall_seconds)
     heartbeat = asyncio.create_task(liveness.run_heartbeat(), name="heartbeat")
-    remove_hook = watch_hook(liveness)
+    remove_hook = watch_hook(liveness, PLURAL)
     metrics.is_leader.set_function(lambda: 1.0 if gate.is_open() else 0.0)
 
     def health() -> tuple[bool, str]:

@@ -59,12 +59,14 @@ class Liveness:
         return True, "ok"
 
 
-def watch_hook(liveness: Liveness) -> Callable[[], None]:
-    """Stamp ``liveness`` on every raw event of kopf's watch streams (bookmarks included).
+def watch_hook(liveness: Liveness, plural: str) -> Callable[[], None]:
+    """Stamp ``liveness`` on every raw event of kopf's watch streams of ``plural`` (bookmarks included).
 
     kopf drops BOOKMARK events before any handler sees them, so the stamp sits on kopf's stream
     generator (``kopf._cogs.clients.watching.infinite_watch``, pinned kopf version; a unit test fails if
-    the name moves). Returns a function that removes the hook.
+    the name moves). Only our resource's streams count: kube-apiserver sends their bookmarks about every
+    minute, while kopf's own streams of CRDs and namespaces can stay silent for minutes when healthy.
+    Returns a function that removes the hook.
     """
     from kopf._cogs.clients import watching
 
@@ -72,7 +74,12 @@ def watch_hook(liveness: Liveness) -> Callable[[], None]:
 
     @functools.wraps(original)
     async def stamped(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        name = f"{kwargs.get('resource')}@{kwargs.get('namespace') or '*'}"
+        resource = kwargs.get("resource")
+        if getattr(resource, "plural", None) != plural:
+            async for event in original(*args, **kwargs):
+                yield event
+            return
+        name = f"{plural}@{kwargs.get('namespace') or '*'}"
         liveness.stream_alive(name)
         try:
             async for event in original(*args, **kwargs):

@@ -228,8 +228,8 @@ async def test_restart_costs_one_list_rooms_and_creates_nothing(
             assert await live_dispatches(lk, room, SOLO_AGENT) == []
 
         # A learner returns to one of those rooms: it is re-bound within one sweep (no webhooks here).
+        joined = time.monotonic()  # from the start of the join (connect included)
         learner = await Learner(stack_env, rooms[0]).join()
-        joined = time.monotonic()
         try:
             obj = wait_for(
                 lambda: (
@@ -272,8 +272,8 @@ async def test_room_closed_by_a_livekit_restart_is_rebound_on_the_learners_retur
         await learner.leave()
         stack.stop_part("livekit")
         stack.start_part("livekit")
+        joined = time.monotonic()  # from the start of the join (connect included)
         await learner.join()
-        joined = time.monotonic()
         obj = wait_for(
             lambda: (
                 (o := get_ad(custom, namespace, "a"))
@@ -439,3 +439,36 @@ async def test_permission_denied_fails_once_and_the_ttl_ends_it(stack_env, custo
             release_namespace(core, custom, ns)
         finally:
             op.stop()
+
+
+# ---- 6. liveness that fails when the operator is stuck -------------------------------------------
+def test_liveness_fails_when_the_watch_stream_goes_silent(stack_env, custom, core, logs_dir, crd) -> None:
+    """The API server stops answering (a blackhole, not a refusal): the watch goes silent and /healthz
+    fails within the bound, naming the stream; the kubelet would restart the pod."""
+    ns = make_namespace(core, "solo")
+    stall = 75  # > the API server's bookmark period (~60 s) for an idle watch
+    apiserver_port = int(stack_env["KUBE_APISERVER_URL"].rsplit(":", 1)[1])
+    proxy = BlackholeProxy("127.0.0.1", apiserver_port).start()
+    kubeconfig = proxied_kubeconfig(stack_env, proxy, logs_dir / f"kubeconfig-proxy-{ns}.yaml")
+    op = solo(
+        stack_env,
+        logs_dir,
+        ns,
+        "liveness",
+        kubeconfig,
+        LEADER_ELECTION="false",
+        LIVENESS_WATCH_STALL_SECONDS=str(stall),
+    ).start()
+    try:
+        op.wait_healthy(timeout=60, body="ok")
+        proxy.blackhole()
+        cut = time.monotonic()
+        code, body = wait_for(lambda: (h := op.health())[0] != 200 and h, "/healthz failing", stall + 30, 0.5)
+        failed_after = time.monotonic() - cut
+        figure("watch silent: /healthz failed after the cut, s", f"{failed_after:.1f} (bound {stall} s)")
+        assert code == 503 and "watch stream agentdispatches" in body, body
+        # (The last bookmark may have come up to a minute before the cut, so it can fail before `stall`.)
+    finally:
+        proxy.close()
+        op.stop()
+        release_namespace(core, custom, ns)

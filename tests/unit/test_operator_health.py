@@ -47,7 +47,7 @@ def test_the_hook_sits_on_kopfs_watch_stream() -> None:
 
     live = Liveness(10, 90)
     original = watching.infinite_watch
-    remove = watch_hook(live)
+    remove = watch_hook(live, "agentdispatches")
     try:
         assert watching.infinite_watch is not original and watching.infinite_watch.__wrapped__ is original
     finally:

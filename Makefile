@@ -8,8 +8,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries test test-unit test-integration demo up down devstack-up devstack-down \
-        status lint format bench clean
+.PHONY: help venv binaries test test-unit test-integration test-cluster demo up down devstack-up devstack-down \
+        status lint format bench clean image cluster cluster-down
 
 help:
 	@echo "make demo           set up and run the main scenario on the local stack"
@@ -19,6 +19,9 @@ help:
 	@echo "make devstack-down  stop it"
 	@echo "make up             the stack plus the operator and a tutor worker, for exploring by hand"
 	@echo "make down           stop all of it"
+	@echo "make image          build deploy/Dockerfile with buildah (base made from Debian's packages)"
+	@echo "make cluster        the stack + a real local node + the image + the chart (release loqua, loqua-system)"
+	@echo "make cluster-down   stop all of it: node, containers, mounts, bridge, stack"
 	@echo "make lint           ruff check + format check"
 	@echo "make bench          benchmarks against baselines measured in the same run"
 
@@ -58,6 +61,18 @@ up: venv binaries
 	@$(BIN)/loqua-dev up --with-agents
 
 down: devstack-down
+
+image: venv binaries
+	@$(BIN)/loqua-dev image
+
+cluster: venv binaries
+	@$(BIN)/loqua-dev cluster
+
+cluster-down: venv
+	@$(BIN)/loqua-dev down
+
+test-cluster: venv binaries
+	@$(BIN)/pytest -m cluster $(PYTEST_ARGS)
 
 status: venv
 	@$(BIN)/loqua-dev status

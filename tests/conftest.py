@@ -20,12 +20,13 @@ LEARNERS_TTL_SECONDS = 15  # TTL of AgentDispatch objects made by /rooms/join in
 
 
 def _needs_stack(item: pytest.Item) -> bool:
-    return any(item.get_closest_marker(m) for m in ("integration", "e2e", "chart"))
+    return any(item.get_closest_marker(m) for m in ("integration", "e2e", "chart", "cluster"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Unit tests first: they fail fast and need no servers.
-    items.sort(key=_needs_stack)
+    # Unit tests first: they fail fast and need no servers. The cluster tests last: they add the
+    # node to the session's stack (and its bridge address to livekit-server and the API server).
+    items.sort(key=lambda item: (_needs_stack(item), item.get_closest_marker("cluster") is not None))
 
 
 @pytest.fixture(scope="session")

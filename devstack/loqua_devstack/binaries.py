@@ -33,6 +33,8 @@ LIVEKIT_VERSION = "1.13.5"
 HELM_VERSION = "3.19.0"
 # Prometheus' Go module versions are v0.<major*100+minor>.<patch>: v0.307.3 is Prometheus 3.7.3.
 PROMETHEUS_MODULE_VERSION = "0.307.3"
+# The local node's binaries (`loqua-dev up --node`, `make cluster`): same wrapper, same version.
+NODE_BINARIES = ("kubelet", "kube-scheduler", "kube-proxy")
 
 
 def cache_dir() -> Path:
@@ -98,6 +100,33 @@ BINARIES: dict[str, GoBinary] = {
             KUBERNETES_VERSION,
             "k8s.io/kubernetes/cmd/kube-controller-manager",
             minutes=6,
+            wrapper_replaces_from="k8s.io/kubernetes",
+            ldflags=_kube_ldflags(),
+        ),
+        GoBinary(
+            "kubelet",
+            "k8s.io/kubernetes",
+            KUBERNETES_VERSION,
+            "k8s.io/kubernetes/cmd/kubelet",
+            minutes=3,
+            wrapper_replaces_from="k8s.io/kubernetes",
+            ldflags=_kube_ldflags(),
+        ),
+        GoBinary(
+            "kube-scheduler",
+            "k8s.io/kubernetes",
+            KUBERNETES_VERSION,
+            "k8s.io/kubernetes/cmd/kube-scheduler",
+            minutes=2,
+            wrapper_replaces_from="k8s.io/kubernetes",
+            ldflags=_kube_ldflags(),
+        ),
+        GoBinary(
+            "kube-proxy",
+            "k8s.io/kubernetes",
+            KUBERNETES_VERSION,
+            "k8s.io/kubernetes/cmd/kube-proxy",
+            minutes=2,
             wrapper_replaces_from="k8s.io/kubernetes",
             ldflags=_kube_ldflags(),
         ),

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import shlex
+import subprocess
 import sys
 import uuid
 
@@ -50,7 +51,29 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also install the CRD and run the operator and a tutor worker (agent name spanish-tutor)",
     )
-    sub.add_parser("down", help="stop every process of the stack")
+    up.add_argument(
+        "--node",
+        action="store_true",
+        help="also run a local node (containerd, kubelet, kube-scheduler, kube-proxy on a bridge of its own) "
+        "that runs pods; livekit-server, the Loqua API and the API server gain the bridge's address",
+    )
+    img = sub.add_parser(
+        "image",
+        help="build deploy/Dockerfile with buildah on a base made from Debian's packages (cached layers)",
+        description="Build the project's image from deploy/Dockerfile with buildah (no Docker, no registry): the "
+        "base PYTHON_IMAGE is a stand-in made once from Debian's packages. Prints the image name and size; with "
+        "--load (and a stack started with --node) the node's containerd gets it too.",
+    )
+    img.add_argument("--load", action="store_true", help="import the image into the local node's containerd")
+    img.add_argument("--extras", default="", help="EXTRAS build argument, e.g. voice")
+    sub.add_parser(
+        "cluster",
+        help="the stack with its node, the image, and the chart installed as release loqua in loqua-system",
+        description="`make cluster`: `up --node`, `image --load`, namespace loqua-system (restricted Pod Security), "
+        "Secrets from .devstack/env, `helm upgrade --install loqua` with helm/loqua-agents/examples/"
+        "values-local-node.yaml; waits for the pods and prints what runs where. Stop it with `loqua-dev down`.",
+    )
+    sub.add_parser("down", help="stop every process of the stack (and remove the node, if any)")
     st = sub.add_parser("status", help="tell what is up, where")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     e = sub.add_parser("env", help="print the connection settings (KEY=VALUE)")
@@ -110,12 +133,31 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"debian {group}: {' '.join(packages)} ({what})")
                 print(f"learner page: {webpage.ensure_built()}")
         elif args.command == "up":
-            stack.up(with_agents=args.with_agents)
+            stack.up(with_agents=args.with_agents, with_node=args.node)
             _print_status(stack)
             print(f"\nsettings: {stack.env_file}  (set -a; . {stack.env_file}; set +a)")
             print(f"learner page: {stack.env()['LOQUA_WEB_URL']}  (a signed-in link: .venv/bin/loqua-dev web)")
             if args.with_agents:
                 print(EXPLORE_HINT.format(env=stack.env_file, logs=stack.root / "logs"))
+        elif args.command == "image":
+            from loqua_devstack import image
+
+            built = image.build(stack.log_file("image"), extras=args.extras)
+            archive = image.oci_archive(built.name)
+            print(f"image: {built.name}")
+            print(f"size: {built.size} uncompressed, {archive.stat().st_size / 2**20:.0f} MiB as an OCI archive")
+            print(f"built in {built.seconds:.0f} s (unchanged layers reused)")
+            if args.load:
+                stack.load_image(built.name)
+                print("loaded into the node's containerd")
+        elif args.command == "cluster":
+            from loqua_devstack import cluster
+
+            installed = cluster.up(stack)
+            print(cluster.describe(stack))
+            print(
+                f"make cluster: {installed.image} installed as release {installed.release} in {installed.seconds:.0f} s"
+            )
         elif args.command == "down":
             stack.down()
             print("stack stopped")
@@ -159,7 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "start":
             stack.start_part(args.part)
             print(f"{args.part} started")
-    except (binaries.BuildError, debian.DebianError, RuntimeError, ValueError, httpx.HTTPError) as exc:
+    except (
+        binaries.BuildError,
+        debian.DebianError,
+        RuntimeError,
+        ValueError,
+        httpx.HTTPError,
+        subprocess.SubprocessError,
+    ) as exc:
         print(f"loqua-dev {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return 0

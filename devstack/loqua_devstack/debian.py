@@ -20,6 +20,14 @@ from loqua_devstack.processes import exclusive_lock
 # What each group is for -> its packages. Add a group rather than a second installer.
 GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "browser": ("headless Chromium for the learner page's browser tests", ("chromium", "chromium-driver")),
+    "node": (
+        "the local node: container runtime, CNI plugins, kube-proxy's iptables, the API server's bridge forwarder",
+        ("containerd", "runc", "containernetworking-plugins", "iptables", "conntrack", "socat"),
+    ),
+    "image": (
+        "building deploy/Dockerfile without Docker, on a base made from Debian's packages",
+        ("buildah", "debootstrap"),
+    ),
 }
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

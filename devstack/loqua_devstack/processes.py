@@ -124,6 +124,14 @@ def stop(pid: int | None, timeout: float = 10.0, executable: str | None = None) 
             time.sleep(0.1)
 
 
+def tcp_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def http_ok(url: str, context: ssl.SSLContext | None = None, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:

@@ -117,7 +117,15 @@ def _console_process(
     """``script args`` with this environment plus ``settings`` and ``extra_env``, on a free metrics
     port whose ``/healthz`` is the health probe."""
     metrics_port = processes.free_port()
-    env = {**os.environ, **settings, "METRICS_PORT": str(metrics_port), "REGION": "devstack", **(extra_env or {})}
+    # HTTP_HOST: their metrics/health (and the operator's webhook) servers listen on loopback only.
+    env = {
+        **os.environ,
+        **settings,
+        "METRICS_PORT": str(metrics_port),
+        "HTTP_HOST": "127.0.0.1",
+        "REGION": "devstack",
+        **(extra_env or {}),
+    }
     base = f"http://127.0.0.1:{metrics_port}"
     return ServiceProcess(script, [_console_script(script), *args], env, log_file, f"{base}/healthz", f"{base}/metrics")
 

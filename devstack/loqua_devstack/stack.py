@@ -21,13 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from loqua_devstack import binaries, processes, webpage
+from loqua_devstack import binaries, node, processes, webpage
 from loqua_devstack.pki import ControlPlanePki, ensure_pki
 
 PARTS = ("etcd", "kube-apiserver", "kube-controller-manager", "livekit", "loqua-api")
 # Started only by `loqua-dev up --with-agents` (`make up`): the product itself, for exploring by hand.
 AGENT_PARTS = ("operator", "tutor")
-ALL_PARTS = PARTS + AGENT_PARTS
+# Started only by `loqua-dev up --node` (`make cluster`): a real node that runs the chart's pods.
+NODE_PARTS = node.NODE_PARTS
+ALL_PARTS = PARTS + AGENT_PARTS + NODE_PARTS
+# Parts whose command line changes when the node is added (they gain an address on its bridge).
+NODE_AWARE_PARTS = ("kube-apiserver", "kube-controller-manager", "livekit", "loqua-api")
 EXPLORE_AGENT_NAME = "spanish-tutor"
 DEFAULT_AGENT_ID = "loqua-dev-tutor"
 # The reference API's own Kubernetes identity (the chart's optional web-backend RBAC, rendered from
@@ -39,6 +43,10 @@ CHART = ROOT / "helm" / "loqua-agents"
 CRD_DIR = ROOT / "deploy" / "crds"
 LIVEKIT_API_KEY = "devkey"
 LIVEKIT_API_SECRET = "secret"  # what `livekit-server --dev` uses; dev only, never in production
+
+
+# Command line, extra environment and readiness probe of one part.
+PartSpec = tuple[list[str], dict[str, str], Callable[[], bool]]
 
 
 def quiet_dev_secret_warning() -> None:
@@ -131,6 +139,9 @@ class Stack:
         """Command line, extra environment and readiness probe of each part."""
         p = state["ports"]
         pki = self._pki()
+        nodecfg = self.node_config(state)
+        # Addresses the servers that pods use listen on: loopback, plus the node's bridge.
+        hosts = ["127.0.0.1", *([nodecfg["address"]] if nodecfg else [])]
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
@@ -161,8 +172,20 @@ class Stack:
                 f"--client-ca-file={pki.ca_cert}",
                 f"--secure-port={p['apiserver']}",
                 "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                # With the node: the `kubernetes` Service's endpoint is the node's bridge address,
+                # where a forwarder (part apiserver-bridge) passes connections to 127.0.0.1.
+                f"--advertise-address={nodecfg['address'] if nodecfg else '127.0.0.1'}",
+                f"--service-cluster-ip-range={node.SERVICE_CIDR}",
+                *(
+                    [
+                        f"--kubelet-client-certificate={pki.admin_cert}",
+                        f"--kubelet-client-key={pki.admin_key}",
+                        # The node's bridge address, never a DNS lookup of its name.
+                        "--kubelet-preferred-address-types=InternalIP",
+                    ]
+                    if nodecfg
+                    else []
+                ),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki.sa_pub}",
                 f"--service-account-signing-key-file={pki.sa_key}",
@@ -190,7 +213,9 @@ class Stack:
                 f"--cluster-signing-key-file={pki.ca_key}",
                 "--use-service-account-credentials=false",
                 "--leader-elect=false",
-                "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-route",
+                # nodelifecycle with the node only: it lifts the not-ready taint a new node registers with.
+                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route"
+                + ("" if nodecfg else ",-nodelifecycle"),
                 "--v=1",
             ],
             {},
@@ -199,12 +224,18 @@ class Stack:
         livekit_config = "\n".join(
             [
                 f"port: {p['livekit']}",
-                "bind_addresses: ['127.0.0.1']",
+                f"bind_addresses: {json.dumps(hosts)}",
                 "rtc:",
-                f"  tcp_port: {p['livekit_rtc_tcp']}",
+                # No ICE over TCP: livekit-server would listen for it on every address of the machine.
+                "  tcp_port: 0",
                 f"  udp_port: {p['livekit_rtc_udp']}",
                 "  use_external_ip: false",
-                "  enable_loopback_candidate: true",
+                # Media (ICE) on one interface, never the machine's own NICs: loopback, or with the
+                # node its bridge (reachable from the machine and the pods alike; livekit-server's
+                # UDP mux answers on the wrong socket when given both).
+                f"  enable_loopback_candidate: {'false' if nodecfg else 'true'}",
+                "  interfaces:",
+                f"    includes: {json.dumps([nodecfg['bridge']] if nodecfg else ['lo'])}",
                 "keys:",
                 f"  {LIVEKIT_API_KEY}: {LIVEKIT_API_SECRET}",
                 "webhook:",
@@ -219,8 +250,8 @@ class Stack:
             [
                 str(binaries.path_of("livekit-server")),
                 "--dev",
-                "--bind=127.0.0.1",
-                "--node-ip=127.0.0.1",
+                *[f"--bind={h}" for h in hosts],
+                f"--node-ip={hosts[-1]}",
                 f"--config-body={livekit_config}",
             ],
             {},
@@ -231,7 +262,7 @@ class Stack:
             sys.executable,
             "-m",
             "loqua_devstack.loqua_api",
-            "--host=127.0.0.1",
+            *[f"--host={h}" for h in hosts],
             f"--port={p['loqua_api']}",
             f"--db={self.root / 'loqua-api.sqlite'}",
         ]
@@ -254,7 +285,38 @@ class Stack:
             lambda: processes.http_ok(f"http://127.0.0.1:{p['loqua_api']}/healthz"),
         )
         specs.update(self._agent_specs(state))
+        if nodecfg:
+            specs.update(self._node_specs(state, nodecfg))
         return specs
+
+    # ---- the node ----------------------------------------------------------------------------
+    @property
+    def node_dir(self) -> Path:
+        return self.root / "node"
+
+    @staticmethod
+    def node_config(state: dict) -> dict | None:
+        """The node's settings when `up --node` added it to this stack (until `down`)."""
+        cfg = state.get("node") or {}
+        return cfg if cfg.get("enabled") else None
+
+    def _node_specs(self, state: dict, nodecfg: dict) -> dict[str, PartSpec]:
+        p, n = state["ports"], nodecfg["ports"]
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        sock = node.run_dir(nodecfg) / "containerd.sock"
+        probes: dict[str, Callable[[], bool]] = {
+            "containerd": lambda: sock.exists() and node.ctr(nodecfg, "version", check=False).returncode == 0,
+            "kubelet": lambda: processes.http_ok(f"http://127.0.0.1:{n['kubelet_healthz']}/healthz"),
+            "kube-scheduler": lambda: processes.http_ok(
+                f"https://127.0.0.1:{n['scheduler']}/healthz", context=insecure
+            ),
+            "kube-proxy": lambda: processes.http_ok(f"http://127.0.0.1:{n['proxy_metrics']}/metrics"),
+            "apiserver-bridge": lambda: processes.tcp_open(nodecfg["address"], p["apiserver"]),
+        }
+        specs = node.part_specs(self.node_dir, nodecfg, self.kubeconfig, p["apiserver"])
+        return {part: (cmd, env, probes[part]) for part, (cmd, env) in specs.items()}
 
     def _agent_specs(self, state: dict) -> dict[str, tuple[list[str], dict[str, str], Callable[[], bool]]]:
         p = state["ports"]
@@ -271,6 +333,7 @@ class Stack:
             "METRICS_PORT": str(p["operator_metrics"]),
             "WEBHOOK_PORT": str(p["operator_webhook"]),
             "LEASE_NAMESPACE": "default",
+            "HTTP_HOST": "127.0.0.1",
             "CLEANUP_INTERVAL_MS": "5000",
         }
         sec = state["secrets"]
@@ -435,6 +498,21 @@ class Stack:
             "LIVEKIT_WEBHOOK_URL": state["webhook_url"],
             "HELM_BIN": str(binaries.BINARIES["helm"].path),
             "PROMTOOL_BIN": str(binaries.BINARIES["promtool"].path),
+            **self._node_env(state),
+        }
+
+    def _node_env(self, state: dict) -> dict[str, str]:
+        """Where the pods of the node reach the stack: the node's bridge address."""
+        nodecfg = self.node_config(state)
+        if not nodecfg:
+            return {}
+        p, addr = state["ports"], nodecfg["address"]
+        return {
+            "NODE_NAME": node.NODE_NAME,
+            "NODE_ADDRESS": addr,
+            "NODE_SUBNET": nodecfg["subnet"],
+            "NODE_LIVEKIT_URL": f"ws://{addr}:{p['livekit']}",
+            "NODE_LOQUA_API_URL": f"http://{addr}:{p['loqua_api']}",
         }
 
     def _write_env(self, state: dict) -> None:
@@ -458,17 +536,25 @@ class Stack:
         state = state or self.load()
         if not state:
             raise RuntimeError("the stack was never started here: run `loqua-dev up` first")
+        specs = self._part_specs(state)
+        if part not in specs:
+            raise ValueError(f"{part} is a part of the local node: start it with `loqua-dev up --node`")
+        cmd, extra_env, ready = specs[part]
         if self._running(state, part):
-            return
+            if state.get("cmdlines", {}).get(part, cmd) == cmd:
+                return
+            _say(f"restarting {part}: its settings changed (the node's bridge address)")
+            self.stop_part(part)
+            state = self.load()
         if part == "loqua-api":
             self._provision_web_backend(state)
-        cmd, extra_env, ready = self._part_specs(state)[part]
         log = self.log_file(part)
         env = dict(os.environ, **extra_env)
         started = time.monotonic()
         pid = processes.spawn(cmd, log, env=env, cwd=self.root)
         state["pids"][part] = pid
         state.setdefault("executables", {})[part] = cmd[0]
+        state.setdefault("cmdlines", {})[part] = cmd
         self.save(state)
         processes.wait_until(ready, part, timeout, pid=pid, log_file=log)
         _say(f"{part} ready in {time.monotonic() - started:.1f} s (pid {pid}, log {log})")
@@ -483,27 +569,111 @@ class Stack:
         if state:
             self.save(state)
 
-    def up(self, with_agents: bool = False) -> dict[str, str]:
+    def up(self, with_agents: bool = False, with_node: bool = False) -> dict[str, str]:
         """Start every part that is not running (reusing a running stack) and write the env file;
-        ``with_agents`` also installs the CRD and starts the operator and a tutor worker."""
-        binaries.ensure_all()
+        ``with_agents`` also installs the CRD and starts the operator and a tutor worker;
+        ``with_node`` adds the local node (see loqua_devstack.node)."""
+        binaries.ensure_all([n for n in binaries.BINARIES if with_node or n not in binaries.NODE_BINARIES])
         webpage.ensure_built()
         self.root.mkdir(parents=True, exist_ok=True)
         state = self._init_state()
+        if with_node:
+            state = self._prepare_node(state)
         self._pki()
         self._write_kubeconfig(state)
         started = time.monotonic()
-        for part in self._available_parts():
-            self.start_part(part, state)
-        self._write_env(state)
+        parts = self._available_parts()
+        if with_node and "kube-controller-manager" not in parts:
+            raise RuntimeError(
+                "the node needs kube-controller-manager (Deployments, Service endpoints): run `loqua-dev build`"
+            )
+        for part in parts:
+            self.start_part(part, self.load())
+        self._write_env(self.load())
+        if with_node:
+            self._start_node()
         if with_agents:  # (the CRD is installed with the loqua-api part)
             for part in AGENT_PARTS:
                 self.start_part(part, self.load())
         _say(f"stack up in {time.monotonic() - started:.1f} s; settings in {self.env_file}")
-        return self.env(state)
+        return self.env()
+
+    def _prepare_node(self, state: dict) -> dict:
+        from loqua_devstack import debian, image
+
+        debian.ensure(["node", "image"], log_dir=self.root / "logs")
+        nodecfg = node.init_state(state, self.root)
+        nodecfg["enabled"] = True
+        self.save(state)
+        node.ensure_network(node.NodeNetwork.from_state(nodecfg))
+        log = self.log_file("image")
+        sandbox = image.ensure_sandbox_image(log)
+        nodecfg["sandbox_image"] = sandbox
+        self.save(state)
+        return state
+
+    def _start_node(self) -> None:
+        from loqua_devstack import image
+
+        state = self.load()
+        nodecfg = self.node_config(state)
+        assert nodecfg is not None
+        node.write_configs(self.node_dir, nodecfg, nodecfg["sandbox_image"], self._pki().ca_cert, self.kubeconfig)
+        self.start_part("containerd", state)
+        node.import_image(nodecfg, image.oci_archive(nodecfg["sandbox_image"]), nodecfg["sandbox_image"])
+        # kubelet before kube-proxy: kube-proxy waits for its Node object to exist.
+        for part in ("apiserver-bridge", "kube-scheduler", "kubelet", "kube-proxy"):
+            self.start_part(part, self.load())
+        self.wait_node_ready()
+
+    def load_image(self, name: str) -> None:
+        """Make an image built here (buildah) available to the node's containerd."""
+        from loqua_devstack import image
+
+        nodecfg = self.node_config(self.load())
+        if not nodecfg:
+            raise RuntimeError("the stack has no node: run `loqua-dev up --node` first")
+        node.import_image(nodecfg, image.oci_archive(name), name)
+
+    def kubectl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+        )
+
+    def wait_node_ready(self, timeout: float = 180) -> None:
+        started = time.monotonic()
+
+        def ready() -> bool:
+            out = self.kubectl("get", "node", node.NODE_NAME, "-o", "json", check=False)
+            if out.returncode != 0:
+                return False
+            conditions = json.loads(out.stdout).get("status", {}).get("conditions", [])
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+        processes.wait_until(ready, f"node {node.NODE_NAME} Ready", timeout, log_file=self.log_file("kubelet"))
+        _say(f"node {node.NODE_NAME} Ready in {time.monotonic() - started:.1f} s")
+
+    def set_webhook_url(self, url: str) -> None:
+        """Point livekit-server's webhooks at ``url`` (restarts it when the URL changes)."""
+        state = self.load()
+        if state.get("webhook_url") == url:
+            return
+        state["webhook_url"] = url
+        self.save(state)
+        if self._running(state, "livekit"):
+            self.start_part("livekit", state)
+        self._write_env(self.load())
 
     def down(self) -> None:
         state = self.load()
+        nodecfg = state.get("node") or {}
+        if nodecfg.get("enabled"):
+            self._down_node(state, nodecfg)
+            state = self.load()
         for part in reversed(ALL_PARTS):
             pid = state.get("pids", {}).get(part)
             if self._running(state, part):
@@ -511,7 +681,32 @@ class Stack:
                 processes.stop(pid, executable=state.get("executables", {}).get(part))
         if state:
             state["pids"] = {}
+            if nodecfg.get("enabled"):
+                state["node"]["enabled"] = False
+                # Back to the stack's own addresses and webhook receiver for the next `up`.
+                state["webhook_url"] = f"http://127.0.0.1:{state['ports']['operator_webhook']}/webhooks/livekit"
             self.save(state)
+
+    def _down_node(self, state: dict, nodecfg: dict) -> None:
+        """Stop the node and remove all of it: containers, shims, namespaces, mounts, bridge, rules."""
+        for part in ("kubelet", "kube-scheduler", "kube-proxy", "apiserver-bridge"):
+            if self._running(state, part):
+                _say(f"stopping {part}")
+                processes.stop(state["pids"][part], executable=state.get("executables", {}).get(part))
+        _say("stopping the node's containers")
+        node.stop_containers(nodecfg)
+        if self._running(state, "containerd"):
+            _say("stopping containerd")
+            processes.stop(state["pids"]["containerd"], executable=state.get("executables", {}).get("containerd"))
+        node.kill_shims(nodecfg)
+        node.unmount_under(self.node_dir, node.run_dir(nodecfg))
+        node.remove_iptables_rules()
+        node.remove_network(node.NodeNetwork.from_state(nodecfg))
+        node.clean_state_dirs(self.node_dir, nodecfg)
+        for part in NODE_PARTS:
+            state.get("pids", {}).pop(part, None)
+        self.save(state)
+        _say("node removed (containers, mounts, bridge, iptables rules)")
 
     def status(self) -> dict[str, dict]:
         state = self.load()
@@ -525,8 +720,19 @@ class Stack:
             "operator": f"http://127.0.0.1:{ports.get('operator_metrics')}/metrics",
             "tutor": f"http://127.0.0.1:{ports.get('tutor_metrics')}/metrics",
         }
+        nodecfg = state.get("node") or {}
+        node_ports = nodecfg.get("ports", {})
+        where.update(
+            {
+                "containerd": f"unix://{node.run_dir(nodecfg) / 'containerd.sock'}" if nodecfg else "-",
+                "kubelet": f"https://{nodecfg.get('address')}:{node_ports.get('kubelet')}",
+                "kube-scheduler": f"https://127.0.0.1:{node_ports.get('scheduler')}",
+                "kube-proxy": f"http://127.0.0.1:{node_ports.get('proxy_metrics')}/metrics",
+                "apiserver-bridge": f"https://{nodecfg.get('address')}:{ports.get('apiserver')}",
+            }
+        )
         out = {}
-        for part in ALL_PARTS:
+        for part in ALL_PARTS if nodecfg.get("enabled") else PARTS + AGENT_PARTS:
             pid = state.get("pids", {}).get(part)
             out[part] = {"running": self._running(state, part), "pid": pid, "address": where[part]}
         return out

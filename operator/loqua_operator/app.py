@@ -79,7 +79,7 @@ async def run(settings: OperatorSettings, namespaces: list[str]) -> int:
             return False, "standby"
         return (True, "ok") if ready.is_set() else (False, "starting")
 
-    server = serve_http(settings.metrics_port, health=health, ready=readiness)
+    server = serve_http(settings.metrics_port, host=settings.http_host, health=health, ready=readiness)
     log.info(
         "operator %s starting: identity=%s namespaces=%s metrics=:%d livekit=%s",
         __version__,

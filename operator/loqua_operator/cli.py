@@ -19,6 +19,7 @@ Settings come from the environment:
   AGENT_PRESENCE_GRACE_SECONDS (15)                MANAGED_AGENT_NAMES (comma-separated)
   LOG_FORMAT (text|json)         LOG_LEVEL (INFO)               LOG_RATE_LIMIT (400 lines/s)
   METRICS_PORT (9100)            WEBHOOK_PORT (8090)            REGION (local)
+  HTTP_HOST (0.0.0.0: address of the metrics/health and webhook servers; 127.0.0.1 outside a pod)
   LEADER_ELECTION (true)         LEASE_NAME, LEASE_NAMESPACE    POD_NAME, POD_NAMESPACE
   LIVEKIT_RETRY_ATTEMPTS (3)     LIVEKIT_RETRY_BASE_SECONDS (1) LIVEKIT_TIMEOUT_SECONDS (10)
   MAX_REDISPATCHES (10)          ORPHAN_ROOMS_PER_SWEEP (200)   WEBHOOK_ENABLED (true)

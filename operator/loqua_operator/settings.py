@@ -28,6 +28,9 @@ class OperatorSettings(BaseSettings):
     log_format: str = Field("text", pattern="^(text|json)$", description="text or json")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     region: str = Field("local", min_length=1, max_length=63, description="region label on metrics")
+    http_host: str = Field(
+        "0.0.0.0", min_length=1, description="address the metrics/health and webhook servers bind (all in a pod)"
+    )
     metrics_port: int = Field(9100, ge=0, le=65535)
     webhook_port: int = Field(8090, ge=0, le=65535)
     webhook_enabled: bool = True

@@ -37,13 +37,21 @@ def test_runs_as_the_non_root_uid_of_the_chart() -> None:
 
 def test_installs_the_project_with_the_constraints_and_both_entry_points() -> None:
     text = DOCKERFILE.read_text()
-    assert re.search(r"pip install -c constraints\.txt \"?\.", text)
-    assert "COPY pyproject.toml constraints.txt README.md" in text
+    # Dependencies in their own layer, before any code is copied: a code change reuses it.
+    deps = text.index("pip install -c constraints.txt -r /tmp/requirements.txt")
+    assert text.index("COPY pyproject.toml constraints.txt ./") < deps < text.index("COPY common common")
+    assert re.search(r"pip install --no-deps -c constraints\.txt \"?\.", text)
     for entry in ("loqua-operator", "loqua-tutor"):
         assert f"{entry} --help" in text  # the build proves both console scripts exist
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'loqua-operator = "loqua_operator.cli:main"' in pyproject
     assert 'loqua-tutor = "loqua_tutor.cli:main"' in pyproject
+
+
+def test_only_production_code_goes_into_the_image() -> None:
+    copies = [a for kind, a in _instructions() if kind == "COPY"]
+    assert not any("devstack" in c or "tests" in c for c in copies), copies
+    assert "rm -f /opt/venv/bin/loqua-dev" in DOCKERFILE.read_text()
 
 
 def test_dockerignore_keeps_only_the_sources() -> None:
@@ -58,6 +66,7 @@ def test_dockerignore_keeps_only_the_sources() -> None:
         "!common/**",
     ):
         assert kept in ignore
+    assert "!devstack/**" not in ignore  # the local stack is not shipped
 
 
 def test_chart_image_defaults() -> None:

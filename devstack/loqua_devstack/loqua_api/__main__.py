@@ -58,7 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind, only this one (default 127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        action="append",
+        help="address to bind; repeat for several (default 127.0.0.1 only)",
+    )
     parser.add_argument("--port", type=_port, default=8088, help="TCP port (default 8088)")
     parser.add_argument("--db", type=Path, required=True, help="SQLite file (created when missing)")
     parser.add_argument("--web-root", type=Path, default=None, help="built learner page to serve under /learn/")
@@ -78,11 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     quiet_dev_secret_warning()  # livekit --dev's 6-byte secret signs learner tokens here
     log = logging.getLogger("loqua_api")
-    log.info("listening on http://%s:%d (db %s)", args.host, args.port, args.db)
+    hosts = args.host or ["127.0.0.1"]
+    log.info("listening on %s (db %s)", ", ".join(f"http://{h}:{args.port}" for h in hosts), args.db)
     if args.web_root is not None and not (args.web_root / "index.html").is_file():
         print(f"loqua-api: error: --web-root {args.web_root} has no index.html (loqua-dev build)", file=sys.stderr)
         return 2
-    web.run_app(create_app(config, args.web_root), host=args.host, port=args.port, access_log=None, print=None)
+    web.run_app(create_app(config, args.web_root), host=hosts, port=args.port, access_log=None, print=None)
     return 0
 
 

@@ -40,7 +40,9 @@ async def start_lifecycle(memo: kopf.Memo, **_: Any) -> None:
             ctx.sweeper.last_webhook = time.monotonic()
 
         server = WebhookServer(
-            make_app(receiver, ctx.metrics, ctx.refresh.schedule, verified), ctx.settings.webhook_port
+            make_app(receiver, ctx.metrics, ctx.refresh.schedule, verified),
+            ctx.settings.webhook_port,
+            host=ctx.settings.http_host,
         )
         try:
             await server.start()

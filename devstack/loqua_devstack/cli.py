@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the stack with its node, the image, and the chart installed as release loqua in loqua-system",
         description="`make cluster`: `up --node`, `image --load`, namespace loqua-system (restricted Pod Security), "
         "Secrets from .devstack/env, `helm upgrade --install loqua` with helm/loqua-agents/examples/"
-        "values-local-node.yaml; waits for the pods and prints what runs where. Stop it with `loqua-dev down`.",
+        "local-node.yaml; waits for the pods and prints what runs where. Stop it with `loqua-dev down`.",
     )
     sub.add_parser("down", help="stop every process of the stack (and remove the node, if any)")
     st = sub.add_parser("status", help="tell what is up, where")

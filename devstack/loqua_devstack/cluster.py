@@ -3,7 +3,7 @@
 The stack with its node (`loqua-dev up --node`), the image built from deploy/Dockerfile and loaded
 into the node's containerd, namespace ``loqua-system`` labelled for the restricted Pod Security
 Standard, the Secrets from ``.devstack/env``, then ``helm upgrade --install loqua`` with the
-values file kept in the repository (helm/loqua-agents/examples/values-local-node.yaml).
+values file kept in the repository (helm/loqua-agents/examples/local-node.yaml).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from loqua_devstack.stack import AGENT_PARTS, Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "loqua-agents"
-VALUES = CHART / "examples" / "values-local-node.yaml"
+VALUES = CHART / "examples" / "local-node.yaml"
 RELEASE = "loqua"
 NAMESPACE = "loqua-system"
 AGENT_NAME = "spanish-tutor"

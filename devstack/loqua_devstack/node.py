@@ -101,6 +101,35 @@ def run_dir(node: dict) -> Path:
     return Path("/run") / f"loqua-node-{node['key']}"
 
 
+def other_nodes(node_dir: Path) -> list[tuple[int, str]]:
+    """kubelet / kube-proxy processes of another node on this machine (pid, command line)."""
+    mine = str(node_dir.resolve())
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = [a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
+        except OSError:
+            continue
+        if args and Path(args[0]).name.startswith(("kubelet", "kube-proxy")) and not any(mine in a for a in args):
+            found.append((int(proc.name), " ".join(args)[:200]))
+    return found
+
+
+def ensure_alone(node_dir: Path) -> None:
+    """One local node per machine: two would share the host's Service route (10.0.0.0/24), its iptables
+    chains (kube-proxy rewrites all KUBE-* chains) and the kubepods cgroups, and break each other."""
+    others = other_nodes(node_dir)
+    if others:
+        pid, cmd = others[0]
+        raise RuntimeError(
+            f"another local node already runs on this machine (pid {pid}: {cmd}); two nodes would fight over "
+            "the Service route, kube-proxy's iptables chains and the kubepods cgroups. Stop it first "
+            "(`make cluster-down` in its checkout), then retry."
+        )
+
+
 # ---- network ----------------------------------------------------------------------------------
 def ensure_network(net: NodeNetwork) -> None:
     """The bridge with the node's address, and the Service range routed onto it (so a Service

@@ -602,6 +602,7 @@ class Stack:
         from loqua_devstack import debian, image
 
         debian.ensure(["node", "image"], log_dir=self.root / "logs")
+        node.ensure_alone(self.node_dir)
         nodecfg = node.init_state(state, self.root)
         nodecfg["enabled"] = True
         self.save(state)

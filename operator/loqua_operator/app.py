@@ -13,7 +13,7 @@ import kopf
 
 from loqua_common.logging import configure_logging, register_secret
 from loqua_common.metrics import serve_http
-from loqua_operator import __version__
+from loqua_operator import __version__, workers
 from loqua_operator.context import OperatorContext
 from loqua_operator.dispatcher import Dispatcher
 from loqua_operator.handlers import dispatch as _dispatch_handlers  # noqa: F401 (registers handlers)
@@ -61,6 +61,8 @@ async def run(settings: OperatorSettings, namespaces: list[str]) -> int:
     heartbeat = asyncio.create_task(liveness.run_heartbeat(), name="heartbeat")
     remove_hook = watch_hook(liveness, PLURAL)
     metrics.is_leader.set_function(lambda: 1.0 if gate.is_open() else 0.0)
+    scaler: asyncio.Task[None] | None = None
+    scaler_client: workers.WorkerClient | None = None
 
     def health() -> tuple[bool, str]:
         # Liveness can fail: a blocked event loop or a silent watch stream (see health.py). A standby
@@ -126,6 +128,8 @@ async def run(settings: OperatorSettings, namespaces: list[str]) -> int:
             ),
             name="kopf",
         )
+        # Demand scaling acts only while this replica leads: every write asks the leader's write gate.
+        scaler, scaler_client = workers.start(settings, metrics, index.snapshot, gate.check)
         watchers = [operator_task]
         if elector is not None:
             watchers.append(asyncio.create_task(elector.keep(), name="lease"))
@@ -145,5 +149,9 @@ async def run(settings: OperatorSettings, namespaces: list[str]) -> int:
         gate.revoke()
         remove_hook()
         heartbeat.cancel()
+        if scaler is not None:
+            scaler.cancel()
+        if scaler_client is not None:
+            await scaler_client.close()
         await gateway.close()
         server.close()

@@ -158,5 +158,35 @@ class OperatorMetrics:
             ["source"],
             registry=registry,
         )
+        self.agent_demand = Gauge(
+            f"{PREFIX}_agent_demand",
+            "Agent jobs the live AgentDispatch objects hold or are about to hold (one per room), by agent name",
+            ["agent_name"],
+            registry=registry,
+        )
+        self.desired_workers = Gauge(
+            f"{PREFIX}_desired_workers",
+            "Worker pods the demand asks for: clamp(ceil((demand + spareSessions) / sessions), min, max)",
+            ["agent_name"],
+            registry=registry,
+        )
+        self.ready_workers = Gauge(
+            f"{PREFIX}_ready_workers",
+            "Ready pods of a worker Deployment under the built-in scaler, by agent name",
+            ["agent_name"],
+            registry=registry,
+        )
+        self.scale_changes = Counter(
+            f"{PREFIX}_worker_scale_changes_total",
+            "Replica changes the built-in scaler made, by agent name and direction",
+            ["agent_name", "direction"],
+            registry=registry,
+        )
+        self.scale_errors = Counter(
+            f"{PREFIX}_worker_scale_errors_total",
+            "Failed attempts of the built-in scaler (retried next tick), by agent name",
+            ["agent_name"],
+            registry=registry,
+        )
         self.phases = PhaseCollector()
         registry.register(self.phases)

@@ -7,6 +7,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from loqua_operator.scaling import WorkerScaling
+
 
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
@@ -50,6 +52,15 @@ class OperatorSettings(BaseSettings):
     liveness_watch_stall_seconds: float = Field(
         150.0, ge=10, le=3600, description="/healthz fails when a watch stream is silent this long (bookmarks ~60 s)"
     )
+
+    demand_scaling: list[WorkerScaling] = Field(
+        default_factory=list,
+        description="worker Deployments sized from demand (JSON list, written by the chart; empty = none)",
+    )
+    demand_scaling_interval_seconds: float = Field(
+        2.0, ge=0.2, le=300, description="how often demand is counted and worker replicas are set"
+    )
+    demand_scaling_namespace: str = Field("", description="namespace of the worker Deployments (default POD_NAMESPACE)")
 
     @field_validator("managed_agent_names", mode="before")
     @classmethod

@@ -204,7 +204,7 @@ Also resolves the tier: `resources` (limits from the tier, requests half unless 
 {{- range $k, $v := $defaults -}}
 {{- $_ := set $w $k $v -}}
 {{- end -}}
-{{- $nested := list "pdb" "hpa" "livenessProbe" "readinessProbe" "podAnnotations" "podLabels" "nodeSelector" -}}
+{{- $nested := list "pdb" "hpa" "autoscaling" "livenessProbe" "readinessProbe" "podAnnotations" "podLabels" "nodeSelector" -}}
 {{- range $k, $v := $entry -}}
 {{- if and (has $k $nested) (kindIs "map" $v) (kindIs "map" (get $defaults $k)) -}}
 {{- $sub := deepCopy (get $defaults $k) -}}
@@ -241,7 +241,37 @@ Also resolves the tier: `resources` (limits from the tier, requests half unless 
 {{- else if le ($w.terminationGracePeriodSeconds | int) $minGrace -}}
 {{- fail (printf "workers[%s].terminationGracePeriodSeconds (%d) must exceed drainTimeoutSeconds + finalizeTimeoutSeconds (%d), or running sessions are killed before they drain" $w.name ($w.terminationGracePeriodSeconds | int) $minGrace) -}}
 {{- end -}}
+{{- $as := $w.autoscaling -}}
+{{- if $as.mode -}}
+{{- if $w.hpa.enabled -}}
+{{- fail (printf "workers[%s]: autoscaling.mode %s and hpa.enabled would both set the Deployment's replicas; exactly one mechanism may own them: set hpa.enabled=false or autoscaling.mode=\"\"" $w.name $as.mode) -}}
+{{- end -}}
+{{- if not $w.agentName -}}
+{{- fail (printf "workers[%s]: autoscaling.mode %s counts AgentDispatch objects by agent name; set agentName (automatic dispatch has no declared demand)" $w.name $as.mode) -}}
+{{- end -}}
+{{- if lt ($as.max | int) ($as.min | int) -}}
+{{- fail (printf "workers[%s].autoscaling.max (%d) must be >= min (%d)" $w.name ($as.max | int) ($as.min | int)) -}}
+{{- end -}}
+{{- end -}}
 {{- toYaml $w -}}
+{{- end -}}
+
+{{/* Workers whose replicas follow demand, as the operator's DEMAND_SCALING JSON. */}}
+{{- define "loqua.demandScaling" -}}
+{{- $root := . -}}
+{{- $out := list -}}
+{{- range $entry := $root.Values.workers -}}
+{{- $w := include "loqua.worker.config" (dict "root" $root "worker" $entry) | fromYaml -}}
+{{- if $w.autoscaling.mode -}}
+{{- $selector := include "loqua.worker.selectorLabels" (dict "root" $root "w" $w) | fromYaml -}}
+{{- $pairs := list -}}
+{{- range $k := keys $selector | sortAlpha -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k (get $selector $k)) -}}
+{{- end -}}
+{{- $out = append $out (dict "deployment" (include "loqua.worker.fullname" (dict "root" $root "name" $w.name)) "agentName" $w.agentName "sessions" ($w.sessions | int) "min" ($w.autoscaling.min | int) "max" ($w.autoscaling.max | int) "spareSessions" ($w.autoscaling.spareSessions | int) "scaleDownDelaySeconds" ($w.autoscaling.scaleDownDelaySeconds | int) "selector" (join "," $pairs) "metricsPort" ($w.metricsPort | int) "scale" (eq $w.autoscaling.mode "demand")) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
 {{- end -}}
 
 {{- define "loqua.webBackend.serviceAccountName" -}}

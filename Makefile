@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: help venv binaries test test-unit test-integration test-cluster demo up down devstack-up devstack-down \
-        status lint format bench clean image cluster cluster-down
+        status lint format bench bench-cluster clean image cluster cluster-down
 
 help:
 	@echo "make demo           set up and run the main scenario on the local stack"
@@ -24,6 +24,7 @@ help:
 	@echo "make cluster-down   stop all of it: node, containers, mounts, bridge, stack"
 	@echo "make lint           ruff check + format check"
 	@echo "make bench          benchmarks against baselines measured in the same run"
+	@echo "make bench-cluster  demand scaling on the local node: time to serve 6 learners, pod-seconds (root)"
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
@@ -91,3 +92,7 @@ clean:
 
 bench: venv binaries
 	@$(BIN)/python -m loqua_devstack.bench --out bench-results.md
+
+# The cluster part of the bench (demand scaling on the local node; root): see docs in README.
+bench-cluster: venv binaries
+	@$(BIN)/python -m loqua_devstack.bench --only scaling --out bench-cluster-results.md

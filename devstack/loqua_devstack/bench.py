@@ -650,6 +650,19 @@ async def main_async(quick: bool, only: list[str]) -> str:
             await asyncio.to_thread(bench.calls_per_sweep)
         if not only or "logs" in only:
             bench.rows.extend(log_limiter_figure(quick))
+        if "scaling" in only:  # the cluster part: needs the local node (root); only when asked for
+            from loqua_devstack.bench_scaling import scaling_figure
+
+            (scaler, one, four) = await scaling_figure(stack, say)
+            bench.rows.append(
+                Row(
+                    "time until 6 learners are served, local node (2 sessions/pod)",
+                    f"scaler: {scaler[1]}",
+                    f"1 fixed: {one[1]}; 4 fixed: {four[1]}",
+                    "-",
+                    f"pod-seconds: scaler {scaler[2]}; 1 fixed {one[2]}; 4 fixed {four[2]}",
+                )
+            )
     finally:
         if started:
             stack.down()
@@ -663,8 +676,9 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         action="append",
         default=[],
-        choices=["latency", "storm", "webhook", "api", "sweep", "logs"],
-        help="run only this figure (repeatable); sweep = calls per sweep, the burst, memory and CPU",
+        choices=["latency", "storm", "webhook", "api", "sweep", "logs", "scaling"],
+        help="run only this figure (repeatable); sweep = calls per sweep, the burst, memory and CPU;"
+        " scaling = the cluster part (local node, `make bench-cluster`), never in the default run",
     )
     parser.add_argument("--out", default="bench-results.md", help="also write the table here")
     args = parser.parse_args(argv)

@@ -162,7 +162,9 @@ class DemandScaler:
         for pod, cost in cost_patches(load, current).items():
             await self._client.annotate_cost(pod, cost)
 
-    async def run(self) -> None:
+    async def run(self, synced: asyncio.Event | None = None) -> None:
+        if synced is not None:  # demand from a half-listed index would be too low
+            await synced.wait()
         while True:
             try:
                 await self.tick()
@@ -176,9 +178,10 @@ def start(
     metrics: OperatorMetrics,
     objects: Callable[[], Iterable[Any]],
     write_timeout: Callable[[str], float],
+    synced: asyncio.Event | None = None,
 ) -> tuple[asyncio.Task[None], WorkerClient | None]:
     """The scaler task the operator runs while it acts. Demand is exported even with no worker configured."""
     namespace = settings.demand_scaling_namespace or settings.pod_namespace or "default"
     client = WorkerClient(namespace, write_timeout) if any(w.scale for w in settings.demand_scaling) else None
     scaler = DemandScaler(settings.demand_scaling, objects, client, metrics, settings.demand_scaling_interval_seconds)
-    return asyncio.create_task(scaler.run(), name="demand-scaler"), client
+    return asyncio.create_task(scaler.run(synced), name="demand-scaler"), client

@@ -22,6 +22,7 @@ import pytest
 from livekit import api
 
 from loqua_devstack import cluster as local_cluster
+from loqua_devstack import serving
 from loqua_devstack.stack import Stack, devstack_dir, quiet_dev_secret_warning
 
 NS = local_cluster.NAMESPACE
@@ -96,12 +97,7 @@ async def lk(cluster: Cluster) -> AsyncIterator[api.LiveKitAPI]:
 
 
 def ad_manifest(ns: str, name: str, room: str, ttl: int = 20) -> dict[str, Any]:
-    return {
-        "apiVersion": "agents.loqua.app/v1alpha1",
-        "kind": "AgentDispatch",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"room": room, "agentName": AGENT, "ttlSeconds": ttl},
-    }
+    return serving.ad_manifest(ns, name, room, AGENT, ttl)
 
 
 async def until(check: Any, what: str, timeout: float, interval: float = 0.5) -> Any:

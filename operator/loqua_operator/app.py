@@ -129,7 +129,7 @@ async def run(settings: OperatorSettings, namespaces: list[str]) -> int:
             name="kopf",
         )
         # Demand scaling acts only while this replica leads: every write asks the leader's write gate.
-        scaler, scaler_client = workers.start(settings, metrics, index.snapshot, gate.check)
+        scaler, scaler_client = workers.start(settings, metrics, index.snapshot, gate.check, index.synced)
         watchers = [operator_task]
         if elector is not None:
             watchers.append(asyncio.create_task(elector.keep(), name="lease"))

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from loqua_operator.leader import NotLeader, WriteGate
 from loqua_operator.metrics import OperatorMetrics
 from loqua_operator.model import DispatchKey
 from loqua_operator.scaling import (
@@ -26,7 +27,7 @@ from loqua_operator.scaling import (
     parse_worker_jobs,
 )
 from loqua_operator.settings import OperatorSettings
-from loqua_operator.workers import DemandScaler, DeploymentState
+from loqua_operator.workers import DemandScaler, DeploymentState, WorkerClient
 
 
 @dataclass
@@ -219,3 +220,21 @@ async def test_demand_of_unconfigured_agent_names_is_exported_and_forgotten() ->
     objects.clear()
     await scaler.tick()
     assert registry.get_sample_value("loqua_operator_agent_demand", {"agent_name": "french-tutor"}) is None
+
+
+async def test_writes_go_through_the_leaders_write_gate() -> None:
+    now = [0.0]
+    gate = WriteGate(elected=True, clock=lambda: now[0])
+    client = WorkerClient("loqua-system", gate.check)
+    try:
+        with pytest.raises(NotLeader, match="scale loqua-spanish-tutor refused"):
+            await client.set_replicas("loqua-spanish-tutor", 3)
+        with pytest.raises(NotLeader, match="annotate pod p1 refused"):
+            await client.annotate_cost("p1", "0")
+        gate.confirm(0.0)
+        now[0] = 10.5  # past the renew deadline without a renewal: closed again
+        with pytest.raises(NotLeader):
+            await client.set_replicas("loqua-spanish-tutor", 3)
+        assert gate.refused == 3
+    finally:
+        await client.close()

@@ -42,11 +42,16 @@ class DeploymentState:
 class WorkerClient:
     """The Kubernetes and HTTP calls of the scaler, for Deployments in one namespace."""
 
-    def __init__(self, namespace: str, write_timeout: Callable[[str], float]) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        write_timeout: Callable[[str], float],
+        api_client: kubernetes.client.ApiClient | None = None,
+    ) -> None:
         self.namespace = namespace
         self._write_timeout = write_timeout
-        self._apps = kubernetes.client.AppsV1Api()
-        self._core = kubernetes.client.CoreV1Api()
+        self._apps = kubernetes.client.AppsV1Api(api_client)
+        self._core = kubernetes.client.CoreV1Api(api_client)
         self._http = httpx.AsyncClient(timeout=SCRAPE_TIMEOUT, trust_env=False)
 
     async def _run(self, fn: Callable[..., Any], timeout: float, *args: Any, **kwargs: Any) -> Any:

@@ -19,7 +19,8 @@ DESCRIPTION = """\
 Local stack of real components for the Loqua agents: etcd + kube-apiserver (+ kube-controller-manager),
 livekit-server (--dev) and the reference Loqua API, all on 127.0.0.1. Binaries are built from Go modules
 once and cached under $LOQUA_CACHE_DIR (default ~/.cache/loqua-agents). State, logs and the env file
-live in .devstack/ (or $LOQUA_DEVSTACK_DIR).
+live in .devstack/ (or $LOQUA_DEVSTACK_DIR). `up --node` adds a real node (containerd, kubelet,
+kube-scheduler, kube-proxy on a bridge of its own); `cluster` installs the chart on it; `down` removes all.
 """
 
 

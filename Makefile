@@ -21,6 +21,7 @@ help:
 	@echo "make down           stop all of it"
 	@echo "make image          build deploy/Dockerfile with buildah (base made from Debian's packages)"
 	@echo "make cluster        the stack + a real local node + the image + the chart (release loqua, loqua-system)"
+	@echo "make cluster MONITORING=1   ... plus Prometheus, Alertmanager and the pager (loqua-dev pages)"
 	@echo "make cluster-down   stop all of it: node, containers, mounts, bridge, stack"
 	@echo "make lint           ruff check + format check"
 	@echo "make bench          benchmarks against baselines measured in the same run"
@@ -67,7 +68,7 @@ image: venv binaries
 	@$(BIN)/loqua-dev image
 
 cluster: venv binaries
-	@$(BIN)/loqua-dev cluster
+	@$(BIN)/loqua-dev cluster $(if $(MONITORING),--monitoring)
 
 cluster-down: venv
 	@$(BIN)/loqua-dev down

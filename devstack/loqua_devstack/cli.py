@@ -67,13 +67,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     img.add_argument("--load", action="store_true", help="import the image into the local node's containerd")
     img.add_argument("--extras", default="", help="EXTRAS build argument, e.g. voice")
-    sub.add_parser(
+    cl = sub.add_parser(
         "cluster",
         help="the stack with its node, the image, and the chart installed as release loqua in loqua-system",
         description="`make cluster`: `up --node`, `image --load`, namespace loqua-system (restricted Pod Security), "
         "Secrets from .devstack/env, `helm upgrade --install loqua` with helm/loqua-agents/examples/"
         "local-node.yaml; waits for the pods and prints what runs where. Stop it with `loqua-dev down`.",
     )
+    cl.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="also Prometheus, Alertmanager and the pager, configured from the chart's own ServiceMonitor and "
+        "PrometheusRule (first time: builds prometheus and alertmanager from Go modules, ~10 min); "
+        "PROMETHEUS_URL, ALERTMANAGER_URL and PAGER_URL in .devstack/env",
+    )
+    pg = sub.add_parser(
+        "pages",
+        help="the notifications the pager received from Alertmanager (alert, firing/resolved, labels, time)",
+    )
+    pg.add_argument("--json", action="store_true", help="one JSON object per line")
     sub.add_parser("down", help="stop every process of the stack (and remove the node, if any)")
     st = sub.add_parser("status", help="tell what is up, where")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -154,11 +166,20 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "cluster":
             from loqua_devstack import cluster
 
-            installed = cluster.up(stack)
+            installed = cluster.up(stack, with_monitoring=args.monitoring)
             print(cluster.describe(stack))
             print(
                 f"make cluster: {installed.image} installed as release {installed.release} in {installed.seconds:.0f} s"
             )
+        elif args.command == "pages":
+            from loqua_devstack import monitoring, pager
+
+            pages = pager.read_pages(monitoring.pager_record(stack.root))
+            if args.json:
+                for page in pages:
+                    print(json.dumps(page, sort_keys=True))
+            else:
+                print(pager.format_pages(pages))
         elif args.command == "down":
             stack.down()
             print("stack stopped")

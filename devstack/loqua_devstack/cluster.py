@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from loqua_devstack import binaries, image, node
+from loqua_devstack import binaries, image, monitoring, node
 from loqua_devstack.stack import AGENT_PARTS, Stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,17 +172,23 @@ def wait_ready(stack: Stack, timeout: float = 600) -> None:
         _say(f"deployment/{name} ready in {time.monotonic() - started:.0f} s")
 
 
-def up(stack: Stack) -> Installed:
+def up(stack: Stack, with_monitoring: bool = False) -> Installed:
     started = time.monotonic()
     stack.up(with_node=True)
+    extra: tuple[str, ...] = ()
+    if with_monitoring:
+        monitoring.ensure_crds(stack)
+        extra = monitoring.helm_args()
     for part in AGENT_PARTS:  # `make up`'s operator and worker would compete with the pods
         if stack.status()[part]["running"]:
             _say(f"stopping the {part} process of `make up`: the chart's pods take over")
             stack.stop_part(part)
     built = image.build(stack.log_file("image"))
     stack.load_image(built.name)
-    install(stack, built.name)
+    install(stack, built.name, extra)
     wait_ready(stack)
+    if with_monitoring:
+        monitoring.up(stack)
     return Installed(built.name, RELEASE, NAMESPACE, time.monotonic() - started)
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from loqua_devstack import binaries, node, processes, webpage
+from loqua_devstack import binaries, monitoring, node, processes, webpage
 from loqua_devstack.pki import ControlPlanePki, ensure_pki
 
 PARTS = ("etcd", "kube-apiserver", "kube-controller-manager", "livekit", "loqua-api")
@@ -29,7 +29,8 @@ PARTS = ("etcd", "kube-apiserver", "kube-controller-manager", "livekit", "loqua-
 AGENT_PARTS = ("operator", "tutor")
 # Started only by `loqua-dev up --node` (`make cluster`): a real node that runs the chart's pods.
 NODE_PARTS = node.NODE_PARTS
-ALL_PARTS = PARTS + AGENT_PARTS + NODE_PARTS
+MONITORING_PARTS = monitoring.MONITORING_PARTS
+ALL_PARTS = PARTS + AGENT_PARTS + NODE_PARTS + MONITORING_PARTS
 # Parts whose command line changes when the node is added (they gain an address on its bridge).
 NODE_AWARE_PARTS = ("kube-apiserver", "kube-controller-manager", "livekit", "loqua-api")
 EXPLORE_AGENT_NAME = "spanish-tutor"
@@ -287,6 +288,10 @@ class Stack:
         specs.update(self._agent_specs(state))
         if nodecfg:
             specs.update(self._node_specs(state, nodecfg))
+        if monitoring.enabled(state):
+            urls = monitoring.probes(state)
+            for part, (cmd, env) in monitoring.part_specs(self.root, state).items():
+                specs[part] = (cmd, env, lambda url=urls[part]: processes.http_ok(url))
         return specs
 
     # ---- the node ----------------------------------------------------------------------------
@@ -499,6 +504,7 @@ class Stack:
             "HELM_BIN": str(binaries.BINARIES["helm"].path),
             "PROMTOOL_BIN": str(binaries.BINARIES["promtool"].path),
             **self._node_env(state),
+            **monitoring.env(state),
         }
 
     def _node_env(self, state: dict) -> dict[str, str]:
@@ -514,6 +520,9 @@ class Stack:
             "NODE_LIVEKIT_URL": f"ws://{addr}:{p['livekit']}",
             "NODE_LOQUA_API_URL": f"http://{addr}:{p['loqua_api']}",
         }
+
+    def write_env(self) -> None:
+        self._write_env(self.load())
 
     def _write_env(self, state: dict) -> None:
         lines = [f"{k}={v}" for k, v in self.env(state).items()]
@@ -573,7 +582,13 @@ class Stack:
         """Start every part that is not running (reusing a running stack) and write the env file;
         ``with_agents`` also installs the CRD and starts the operator and a tutor worker;
         ``with_node`` adds the local node (see loqua_devstack.node)."""
-        binaries.ensure_all([n for n in binaries.BINARIES if with_node or n not in binaries.NODE_BINARIES])
+        binaries.ensure_all(
+            [
+                n
+                for n in binaries.BINARIES
+                if (with_node or n not in binaries.NODE_BINARIES) and n not in binaries.MONITORING_BINARIES
+            ]
+        )
         webpage.ensure_built()
         self.root.mkdir(parents=True, exist_ok=True)
         state = self._init_state()
@@ -682,6 +697,7 @@ class Stack:
                 processes.stop(pid, executable=state.get("executables", {}).get(part))
         if state:
             state["pids"] = {}
+            state.setdefault("monitoring", {})["enabled"] = False
             if nodecfg.get("enabled"):
                 state["node"]["enabled"] = False
                 # Back to the stack's own addresses and webhook receiver for the next `up`.
@@ -730,10 +746,12 @@ class Stack:
                 "kube-scheduler": f"https://127.0.0.1:{node_ports.get('scheduler')}",
                 "kube-proxy": f"http://127.0.0.1:{node_ports.get('proxy_metrics')}/metrics",
                 "apiserver-bridge": f"https://{nodecfg.get('address')}:{ports.get('apiserver')}",
+                **{part: f"http://127.0.0.1:{ports.get(part)}" for part in MONITORING_PARTS},
             }
         )
         out = {}
-        for part in ALL_PARTS if nodecfg.get("enabled") else PARTS + AGENT_PARTS:
+        shown = ALL_PARTS if nodecfg.get("enabled") else PARTS + AGENT_PARTS
+        for part in shown if monitoring.enabled(state) else [p for p in shown if p not in MONITORING_PARTS]:
             pid = state.get("pids", {}).get(part)
             out[part] = {"running": self._running(state, part), "pid": pid, "address": where[part]}
         return out

@@ -8,8 +8,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries test test-unit test-integration test-cluster demo up down devstack-up devstack-down \
-        status lint format bench bench-cluster clean image cluster cluster-down
+.PHONY: help venv binaries test test-unit test-integration test-cluster test-monitoring demo demo-cluster up down \
+        devstack-up devstack-down status lint format bench bench-cluster clean image cluster cluster-down
 
 help:
 	@echo "make demo           set up and run the main scenario on the local stack"
@@ -22,6 +22,7 @@ help:
 	@echo "make image          build deploy/Dockerfile with buildah (base made from Debian's packages)"
 	@echo "make cluster        the stack + a real local node + the image + the chart (release loqua, loqua-system)"
 	@echo "make cluster MONITORING=1   ... plus Prometheus, Alertmanager and the pager (loqua-dev pages)"
+	@echo "make demo-cluster   the main scenario on the cluster with monitoring, plus a fault that pages"
 	@echo "make cluster-down   stop all of it: node, containers, mounts, bridge, stack"
 	@echo "make lint           ruff check + format check"
 	@echo "make bench          benchmarks against baselines measured in the same run"
@@ -53,6 +54,9 @@ test-integration: venv binaries
 demo: venv binaries
 	@$(BIN)/python -m loqua_devstack.demo
 
+demo-cluster: venv binaries
+	@$(BIN)/python -m loqua_devstack.demo_cluster
+
 devstack-up: venv binaries
 	@$(BIN)/loqua-dev up
 
@@ -75,6 +79,9 @@ cluster-down: venv
 
 test-cluster: venv binaries
 	@$(BIN)/pytest -m cluster $(PYTEST_ARGS)
+
+test-monitoring: venv binaries
+	@LOQUA_MONITORING_TESTS=1 $(BIN)/pytest -m monitoring -s $(PYTEST_ARGS)
 
 status: venv
 	@$(BIN)/loqua-dev status

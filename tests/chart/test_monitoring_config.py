@@ -71,3 +71,29 @@ def test_alertmanager_sends_everything_to_the_pager_resolved_too() -> None:
     (receiver,) = cfg["receivers"]
     assert cfg["route"]["receiver"] == receiver["name"]
     assert receiver["webhook_configs"] == [{"url": "http://127.0.0.1:1/alerts", "send_resolved": True}]
+
+
+def _for_of(pr: dict) -> dict:
+    return {r["alert"]: r.get("for") for g in pr["spec"]["groups"] for r in g["rules"]}
+
+
+def test_an_alerts_for_is_a_chart_value(helm: Helm) -> None:
+    default = _for_of(one(helm.render(MONITORED, api_versions=[MONITORING_API]), "PrometheusRule"))
+    values = {
+        "monitoring": {
+            **MONITORED["monitoring"],
+            "prometheusRule": {
+                "enabled": True,
+                "for": {"LoquaLiveKitUnreachable": "1m", "LoquaAgentAuthFailureRateHigh": "30s"},
+            },
+        }
+    }
+    moved = _for_of(one(helm.render(values, api_versions=[MONITORING_API]), "PrometheusRule"))
+    assert moved == {**default, "LoquaLiveKitUnreachable": "1m", "LoquaAgentAuthFailureRateHigh": "30s"}
+    for wrong in ("NoSuchAlert", "LoquaOrphanDispatchesFound"):  # unknown, and an alert without `for`
+        values["monitoring"]["prometheusRule"]["for"] = {wrong: "1m"}
+        assert f"monitoring.prometheusRule.for.{wrong}" in helm.render_error(
+            values, api_versions=[MONITORING_API]
+        )
+    values["monitoring"]["prometheusRule"]["for"] = {"LoquaLiveKitUnreachable": "soon"}
+    assert "for" in helm.render_error(values, api_versions=[MONITORING_API])

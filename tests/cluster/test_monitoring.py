@@ -1,0 +1,199 @@
+"""The monitoring stack of `make cluster MONITORING=1` on live series (issue 13).
+
+Prometheus and Alertmanager are configured from the chart's own ServiceMonitor and PrometheusRule;
+Alertmanager notifies the devstack's pager. These tests ask Prometheus' HTTP API and read the
+pager's record back, the way an on-call engineer would see it. They are opt-in (`make
+test-monitoring`): the first run builds Prometheus and Alertmanager, and a fault waits out the
+rule's `for`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from loqua_devstack import cluster as local_cluster
+from loqua_devstack import monitoring, pager
+from tests.cluster.conftest import Cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+ALERTS = ROOT / "helm" / "loqua-agents" / "files" / "alerts.yaml"
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.monitoring,
+    pytest.mark.timeout(1800),
+    pytest.mark.skipif(
+        os.environ.get("LOQUA_MONITORING_TESTS") != "1",
+        reason="opt-in: `make test-monitoring` (builds Prometheus/Alertmanager, waits out alert `for`s)",
+    ),
+]
+
+
+def _seconds(duration: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smh])", duration))
+
+
+@pytest.fixture(scope="module")
+def monitored(cluster: Cluster) -> Cluster:
+    local_cluster.up(cluster.stack, with_monitoring=True)
+    return Cluster(cluster.stack, cluster.stack.env(), cluster.image)
+
+
+def _prom(env: dict[str, str], path: str, **params: Any) -> Any:
+    resp = httpx.get(f"{env['PROMETHEUS_URL']}{path}", params=params, timeout=30)
+    resp.raise_for_status()
+    body = resp.json()
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def _pages(cluster: Cluster) -> list[dict[str, Any]]:
+    return pager.read_pages(monitoring.pager_record(cluster.stack.root))
+
+
+def _wait(check: Any, what: str, timeout: float, interval: float = 2.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+def _rule(name: str) -> dict[str, Any]:
+    return next(r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"] if r.get("alert") == name)
+
+
+def test_operator_and_worker_targets_up_and_the_charts_rule_groups_loaded(monitored: Cluster) -> None:
+    env = monitored.env
+    assert env["PROMETHEUS_URL"].startswith("http://127.0.0.1:")
+    assert env["ALERTMANAGER_URL"].startswith("http://127.0.0.1:")
+
+    def up_targets() -> set[str]:
+        targets = _prom(env, "/api/v1/targets")["activeTargets"]
+        return {t["labels"]["container"] for t in targets if t["health"] == "up"}
+
+    assert _wait(lambda: {"loqua-operator", "loqua-tutor"} <= up_targets(), "operator and worker targets up", 120)
+    groups = {g["name"]: g for g in _prom(env, "/api/v1/rules")["groups"]}
+    expected = yaml.safe_load(ALERTS.read_text())["groups"]
+    assert set(groups) == {g["name"] for g in expected}
+    for group in expected:
+        assert [r["name"] for r in groups[group["name"]]["rules"]] == [r["alert"] for r in group["rules"]]
+    # Each loaded alert's runbook_url names a heading of docs/runbooks.md.
+    headings = {h.strip().lower() for h in re.findall(r"^## (.+)$", RUNBOOKS.read_text(), re.M)}
+    for group in groups.values():
+        for rule in group["rules"]:
+            url = rule["annotations"]["runbook_url"]
+            assert url.split("#")[0].endswith("docs/runbooks.md") and url.split("#", 1)[1] in headings, url
+    # The series carry the installation's labels (the ServiceMonitor's podTargetLabels).
+    build = _prom(env, "/api/v1/query", query="loqua_tutor_build_info")["result"]
+    assert build and build[0]["metric"]["loqua_app_tier"] == "basic-conversation"
+
+
+DASHBOARD = ROOT / "helm" / "loqua-agents" / "files" / "dashboard.json"
+
+
+def _panel_queries() -> list[tuple[str, str]]:
+    import json
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = [q for p in dashboard["panels"] for q in [p, *p.get("panels", [])]]
+    return [(p["title"], t["expr"]) for p in panels for t in p.get("targets", []) if t.get("expr")]
+
+
+def _as_grafana_would(expr: str) -> str:
+    """The dashboard's variables as Grafana fills them: the release's namespace, and
+    $__rate_interval = 4 scrape intervals (Grafana's floor for it)."""
+    rate_interval = f"{int(4 * _seconds(monitoring.SCRAPE_INTERVAL))}s"
+    return expr.replace("$namespace", local_cluster.NAMESPACE).replace("$__rate_interval", rate_interval)
+
+
+async def test_every_dashboard_panel_has_data_after_the_main_scenario(monitored: Cluster, namespace, lk) -> None:  # type: ignore[no-untyped-def]
+    from tests.cluster.test_scenario import test_main_scenario_through_the_pods as main_scenario
+
+    await main_scenario(monitored, namespace, lk)
+    await asyncio.sleep(2 * _seconds(monitoring.SCRAPE_INTERVAL))  # the last scrapes after the session ended
+    queries = _panel_queries()
+    assert queries
+    dead = []
+    for title, expr in queries:
+        if not _prom(monitored.env, "/api/v1/query", query=_as_grafana_would(expr))["result"]:
+            dead.append(f"{title}: {expr}")
+    assert not dead, f"{len(dead)} of {len(queries)} panel queries return no series:\n" + "\n".join(dead)
+
+
+def test_livekit_stopped_pages_then_resolves(monitored: Cluster) -> None:
+    env, stack = monitored.env, monitored.stack
+    name = "LoquaLiveKitUnreachable"
+    rule_for = _seconds(_rule(name)["for"])
+    scrape = _seconds(monitoring.SCRAPE_INTERVAL)
+    assert not [
+        p
+        for p in _pages(monitored)
+        if p["alertname"] == name and p["status"] == "firing" and not _resolved_after(_pages(monitored), name, p)
+    ], "the alert already fires"
+    before = len(_pages(monitored))
+    stopped_at = time.time()
+    stack.stop_part("livekit")  # = `loqua-dev stop livekit`
+    try:
+        # The operator's leader calls LiveKit at least every orphan sweep (60 s by default).
+        firing = _wait(
+            lambda: next(
+                (p for p in _pages(monitored)[before:] if p["alertname"] == name and p["status"] == "firing"), None
+            ),
+            f"a firing {name} page",
+            rule_for + 600,
+        )
+    finally:
+        stack.start_part("livekit")
+    started_at = time.time()
+    received = datetime.fromisoformat(firing["received"]).timestamp()
+    assert firing["labels"]["namespace"] == local_cluster.NAMESPACE
+    assert firing["labels"]["severity"] == "critical"
+    # From the first scrape that saw livekit_up == 0 to the page: the rule's `for`, plus at most two
+    # scrape intervals, plus Prometheus' evaluation interval and Alertmanager's group_wait.
+    series = _prom(
+        env,
+        "/api/v1/query_range",
+        query="max(loqua_operator_livekit_up)",
+        start=stopped_at - scrape,
+        end=received,
+        step="1s",
+    )["result"]
+    zero_at = next(float(t) for t, v in series[0]["values"] if float(v) == 0)
+    budget = rule_for + 2 * scrape + _seconds(monitoring.EVALUATION_INTERVAL) + 5
+    assert rule_for <= received - zero_at <= budget, (received - zero_at, budget)
+
+    resolved = _wait(
+        lambda: next(
+            (p for p in _pages(monitored)[before:] if p["alertname"] == name and p["status"] == "resolved"), None
+        ),
+        f"a resolved {name} page",
+        600,
+    )
+    resolved_at = datetime.fromisoformat(resolved["received"]).timestamp()
+    print(
+        f"\n{name}: livekit stopped -> livekit_up 0 seen {zero_at - stopped_at:.0f} s -> page "
+        f"{received - stopped_at:.0f} s after the stop; started again -> resolved page "
+        f"{resolved_at - started_at:.0f} s after the start"
+    )
+
+
+def _resolved_after(pages: list[dict[str, Any]], name: str, firing: dict[str, Any]) -> bool:
+    return any(
+        p["alertname"] == name and p["status"] == "resolved" and p["received"] > firing["received"] for p in pages
+    )

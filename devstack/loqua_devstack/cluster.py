@@ -175,21 +175,27 @@ def wait_ready(stack: Stack, timeout: float = 600) -> None:
 def up(stack: Stack, with_monitoring: bool = False) -> Installed:
     started = time.monotonic()
     stack.up(with_node=True)
-    extra: tuple[str, ...] = ()
-    if with_monitoring:
-        monitoring.ensure_crds(stack)
-        extra = monitoring.helm_args()
     for part in AGENT_PARTS:  # `make up`'s operator and worker would compete with the pods
         if stack.status()[part]["running"]:
             _say(f"stopping the {part} process of `make up`: the chart's pods take over")
             stack.stop_part(part)
     built = image.build(stack.log_file("image"))
     stack.load_image(built.name)
-    install(stack, built.name, extra)
-    wait_ready(stack)
     if with_monitoring:
-        monitoring.up(stack)
+        enable_monitoring(stack, built.name)
+    else:
+        install(stack, built.name)
+        wait_ready(stack)
     return Installed(built.name, RELEASE, NAMESPACE, time.monotonic() - started)
+
+
+def enable_monitoring(stack: Stack, image_name: str) -> None:
+    """The release with its ServiceMonitor and PrometheusRule, and Prometheus, Alertmanager and
+    the pager configured from them (see loqua_devstack.monitoring)."""
+    monitoring.ensure_crds(stack)
+    install(stack, image_name, monitoring.helm_args())
+    wait_ready(stack)
+    monitoring.up(stack)
 
 
 def describe(stack: Stack) -> str:

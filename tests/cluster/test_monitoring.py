@@ -47,7 +47,7 @@ def _seconds(duration: str) -> float:
 
 @pytest.fixture(scope="module")
 def monitored(cluster: Cluster) -> Cluster:
-    local_cluster.up(cluster.stack, with_monitoring=True)
+    local_cluster.enable_monitoring(cluster.stack, cluster.image)
     return Cluster(cluster.stack, cluster.stack.env(), cluster.image)
 
 
@@ -85,7 +85,7 @@ def test_operator_and_worker_targets_up_and_the_charts_rule_groups_loaded(monito
 
     def up_targets() -> set[str]:
         targets = _prom(env, "/api/v1/targets")["activeTargets"]
-        return {t["labels"]["container"] for t in targets if t["health"] == "up"}
+        return {t["labels"].get("container", "") for t in targets if t["health"] == "up"}
 
     assert _wait(lambda: {"loqua-operator", "loqua-tutor"} <= up_targets(), "operator and worker targets up", 120)
     groups = {g["name"]: g for g in _prom(env, "/api/v1/rules")["groups"]}
@@ -196,4 +196,73 @@ def test_livekit_stopped_pages_then_resolves(monitored: Cluster) -> None:
 def _resolved_after(pages: list[dict[str, Any]], name: str, firing: dict[str, Any]) -> bool:
     return any(
         p["alertname"] == name and p["status"] == "resolved" and p["received"] > firing["received"] for p in pages
+    )
+
+
+async def test_agent_jwt_made_invalid_pages_auth_failures(monitored: Cluster, namespace: str) -> None:
+    """The agent's JWT in the Secret is replaced by one the Loqua API does not accept (signed with
+    another key): a learner's session makes the worker's token exchange fail with 401, and
+    LoquaAgentAuthFailureRateHigh pages; the right JWT back, the page resolves."""
+    from loqua_devstack.learner import Learner, create_user
+    from loqua_devstack.loqua_api.tokens import mint_agent_token
+    from tests.cluster.conftest import ad_manifest, until
+
+    name = "LoquaAgentAuthFailureRateHigh"
+    stack, env = monitored.stack, monitored.env
+    worker = monitored.deployment("worker")
+    before = len(_pages(monitored))
+
+    def restart_workers() -> None:
+        monitored.kubectl("-n", local_cluster.NAMESPACE, "rollout", "restart", f"deploy/{worker}")
+        monitored.kubectl(
+            "-n", local_cluster.NAMESPACE, "rollout", "status", f"deploy/{worker}", "--timeout=600s", timeout=660
+        )
+
+    revoked_at = time.time()
+    wrong = mint_agent_token("not-the-loqua-api-key-" + "x" * 16, env["AGENT_ID"], 3600)
+    local_cluster.ensure_secrets(stack, {**env, "AGENT_JWT_TOKEN": wrong})
+    try:
+        restart_workers()
+        room = f"{namespace}-auth"
+        monitored.apply(ad_manifest(namespace, "auth", room, ttl=60))
+        await until(
+            lambda: (monitored.ad(namespace, "auth") or {}).get("status", {}).get("dispatchId"), "dispatch", 120
+        )
+        user = create_user(env, "Ana")
+        learner = Learner(env, room, user_id=user["user_id"], sessionId=f"sess_{int(time.time() * 1000)}_auth")
+        await learner.join()
+        try:
+            refused = "sum(loqua_tutor_auth_failures_total)"
+            await until(
+                lambda: any(float(r["value"][1]) > 0 for r in _prom(env, "/api/v1/query", query=refused)["result"]),
+                "the worker's refused API calls in Prometheus",
+                180,
+                interval=2,
+            )
+        finally:
+            await learner.leave()
+        firing = _wait(
+            lambda: next(
+                (p for p in _pages(monitored)[before:] if p["alertname"] == name and p["status"] == "firing"), None
+            ),
+            f"a firing {name} page",
+            600,
+        )
+    finally:
+        local_cluster.ensure_secrets(stack, env)
+        restored_at = time.time()
+        restart_workers()
+    assert firing["labels"]["namespace"] == local_cluster.NAMESPACE
+    resolved = _wait(
+        lambda: next(
+            (p for p in _pages(monitored)[before:] if p["alertname"] == name and p["status"] == "resolved"), None
+        ),
+        f"a resolved {name} page",
+        900,
+    )
+    fired = datetime.fromisoformat(firing["received"]).timestamp()
+    cleared = datetime.fromisoformat(resolved["received"]).timestamp()
+    print(
+        f"\n{name}: JWT replaced -> page {fired - revoked_at:.0f} s later; JWT restored -> resolved page "
+        f"{cleared - restored_at:.0f} s later"
     )

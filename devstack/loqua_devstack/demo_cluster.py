@@ -15,7 +15,7 @@ import time
 import uuid
 from datetime import datetime
 
-from loqua_devstack import cluster, monitoring, pager, panels
+from loqua_devstack import cluster, monitoring, pager, panels, serving
 from loqua_devstack.demo import Timeline, run, wait_loop
 from loqua_devstack.learner import Learner, create_user, session_records
 from loqua_devstack.stack import Stack, devstack_dir, quiet_dev_secret_warning
@@ -63,12 +63,7 @@ def main() -> int:
 
         def dispatch() -> str:
             stack.kubectl("create", "namespace", ns)
-            manifest = {
-                "apiVersion": "agents.loqua.app/v1alpha1",
-                "kind": "AgentDispatch",
-                "metadata": {"name": "lesson", "namespace": ns},
-                "spec": {"room": room, "agentName": cluster.AGENT_NAME, "ttlSeconds": 20},
-            }
+            manifest = serving.ad_manifest(ns, "lesson", room, cluster.AGENT_NAME, ttl=20)
             import subprocess
 
             subprocess.run(
@@ -140,14 +135,7 @@ def main() -> int:
         def fault() -> str:
             stack.stop_part("livekit")
             page = wait_loop(
-                lambda: next(
-                    (
-                        p
-                        for p in pager.read_pages(record_file)[before:]
-                        if p["alertname"] == ALERT and p["status"] == "firing"
-                    ),
-                    None,
-                ),
+                lambda: pager.first_page(pager.read_pages(record_file)[before:], ALERT, "firing"),
                 f"the {ALERT} page",
                 900,
                 2,
@@ -162,14 +150,7 @@ def main() -> int:
         def recover() -> str:
             stack.start_part("livekit")
             page = wait_loop(
-                lambda: next(
-                    (
-                        p
-                        for p in pager.read_pages(record_file)[before:]
-                        if p["alertname"] == ALERT and p["status"] == "resolved"
-                    ),
-                    None,
-                ),
+                lambda: pager.first_page(pager.read_pages(record_file)[before:], ALERT, "resolved"),
                 f"the resolved {ALERT} page",
                 900,
                 2,

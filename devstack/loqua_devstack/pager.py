@@ -43,6 +43,11 @@ def read_pages(record: Path) -> list[dict]:
     return [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
 
 
+def first_page(pages: list[dict], alertname: str, status: str) -> dict | None:
+    """The first page of ``alertname`` with ``status`` (firing/resolved), if any."""
+    return next((p for p in pages if p["alertname"] == alertname and p["status"] == status), None)
+
+
 def format_pages(pages: list[dict]) -> str:
     if not pages:
         return "no pages yet"

@@ -23,6 +23,7 @@ import yaml
 
 from loqua_devstack import cluster as local_cluster
 from loqua_devstack import monitoring, pager
+from loqua_devstack.services import wait_for
 from tests.cluster.conftest import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,19 +60,12 @@ def _prom(env: dict[str, str], path: str, **params: Any) -> Any:
     return body["data"]
 
 
+def _wait_pages(check: Any, what: str, timeout: float) -> Any:
+    return wait_for(check, what, timeout, interval=2.0)
+
+
 def _pages(cluster: Cluster) -> list[dict[str, Any]]:
     return pager.read_pages(monitoring.pager_record(cluster.stack.root))
-
-
-def _wait(check: Any, what: str, timeout: float, interval: float = 2.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
 def _loaded_for(env: dict[str, str], name: str) -> float:
@@ -89,7 +83,7 @@ def test_operator_and_worker_targets_up_and_the_charts_rule_groups_loaded(monito
         targets = _prom(env, "/api/v1/targets")["activeTargets"]
         return {t["labels"].get("container", "") for t in targets if t["health"] == "up"}
 
-    assert _wait(lambda: {"loqua-operator", "loqua-tutor"} <= up_targets(), "operator and worker targets up", 120)
+    assert wait_for(lambda: {"loqua-operator", "loqua-tutor"} <= up_targets(), "operator and worker targets up", 120)
     groups = {g["name"]: g for g in _prom(env, "/api/v1/rules")["groups"]}
     expected = yaml.safe_load(ALERTS.read_text())["groups"]
     assert set(groups) == {g["name"] for g in expected}
@@ -168,10 +162,8 @@ def test_livekit_stopped_pages_then_resolves(monitored: Cluster) -> None:
     stack.stop_part("livekit")  # = `loqua-dev stop livekit`
     try:
         # The operator's leader calls LiveKit at least every orphan sweep (60 s by default).
-        firing = _wait(
-            lambda: next(
-                (p for p in _pages(monitored)[before:] if p["alertname"] == name and p["status"] == "firing"), None
-            ),
+        firing = _wait_pages(
+            lambda: pager.first_page(_pages(monitored)[before:], name, "firing"),
             f"a firing {name} page",
             rule_for + 600,
         )
@@ -195,10 +187,8 @@ def test_livekit_stopped_pages_then_resolves(monitored: Cluster) -> None:
     budget = rule_for + 2 * scrape + _seconds(monitoring.EVALUATION_INTERVAL) + 5
     assert rule_for <= received - zero_at <= budget, (received - zero_at, budget)
 
-    resolved = _wait(
-        lambda: next(
-            (p for p in _pages(monitored)[before:] if p["alertname"] == name and p["status"] == "resolved"), None
-        ),
+    resolved = _wait_pages(
+        lambda: pager.first_page(_pages(monitored)[before:], name, "resolved"),
         f"a resolved {name} page",
         600,
     )
@@ -258,10 +248,8 @@ async def test_agent_jwt_made_invalid_pages_auth_failures(monitored: Cluster, na
             )
         finally:
             await learner.leave()
-        firing = _wait(
-            lambda: next(
-                (p for p in _pages(monitored)[before:] if p["alertname"] == name and p["status"] == "firing"), None
-            ),
+        firing = _wait_pages(
+            lambda: pager.first_page(_pages(monitored)[before:], name, "firing"),
             f"a firing {name} page",
             600,
         )
@@ -270,10 +258,8 @@ async def test_agent_jwt_made_invalid_pages_auth_failures(monitored: Cluster, na
         restored_at = time.time()
         restart_workers()
     assert firing["labels"]["namespace"] == local_cluster.NAMESPACE
-    resolved = _wait(
-        lambda: next(
-            (p for p in _pages(monitored)[before:] if p["alertname"] == name and p["status"] == "resolved"), None
-        ),
+    resolved = _wait_pages(
+        lambda: pager.first_page(_pages(monitored)[before:], name, "resolved"),
         f"a resolved {name} page",
         900,
     )

@@ -76,7 +76,8 @@ async def test_six_learners_get_three_pods_then_back_to_one_without_ending_a_liv
         await until(lambda: len(live_worker_pods(cluster)) == 1, "the scale-down to one pod", SCALE_DOWN_DELAY + 180, 1)
         (kept,) = live_worker_pods(cluster)
         # The pod kept is a busy one: its deletion cost is its running sessions (idle pods cost 0).
-        assert int(kept["metadata"].get("annotations", {}).get(DELETION_COST, "0")) >= 1, kept["metadata"]
+        # (a load that was read from the pod's /metrics, not the "unknown = busy" fallback)
+        assert 1 <= int(kept["metadata"].get("annotations", {}).get(DELETION_COST, "0")) <= 2, kept["metadata"]
         await asyncio.sleep(3)
         agents = stayer.agents_in_room()
         assert [a.identity for a in agents] == [agent], "the scale-down ended or moved the live session"

@@ -6,6 +6,7 @@ one for the test session and stops it afterwards. Integration tests never mock t
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from loqua_devstack.services import ServiceProcess, operator_process
+from loqua_devstack.services import ServiceProcess, kubectl, operator_process, wait_for
 from loqua_devstack.stack import Stack, devstack_dir
 
 LEARNERS_TTL_SECONDS = 15  # TTL of AgentDispatch objects made by /rooms/join in tests
@@ -61,15 +62,17 @@ def unique_name() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def learners_operator(stack_env: dict[str, str], logs_dir: Path) -> Iterator[ServiceProcess]:
     """An operator for the namespace where the reference API's /rooms/join puts AgentDispatch
-    objects (DISPATCH_NAMESPACE), with a short TTL. Webhooks off: the integration session's
-    operator may hold the stack's webhook port; the 2 s sweep observes the rooms instead."""
+    objects (DISPATCH_NAMESPACE), with a short TTL, for one test module. Webhooks off: the
+    integration session's operator may hold the stack's webhook port; the 2 s sweep observes the
+    rooms instead. Before it stops it lets the objects being deleted go (their finalizers)."""
+    namespace = stack_env["DISPATCH_NAMESPACE"]
     proc = operator_process(
         stack_env,
         logs_dir / "operator-learners.log",
-        namespaces=[stack_env["DISPATCH_NAMESPACE"]],
+        namespaces=[namespace],
         extra_env={
             "LEASE_NAME": f"learners-operator-{uuid.uuid4().hex[:6]}",
             "LEASE_NAMESPACE": "default",
@@ -79,6 +82,14 @@ def learners_operator(stack_env: dict[str, str], logs_dir: Path) -> Iterator[Ser
             "LOG_LEVEL": "DEBUG",
         },
     ).start()
-    proc.wait_healthy(timeout=60, body="ok")
-    yield proc
-    proc.stop()
+    try:
+        proc.wait_healthy(timeout=60, body="ok")
+        yield proc
+
+        def released() -> bool:
+            items = json.loads(kubectl(stack_env, "get", "ad", "-n", namespace, "-o", "json"))["items"]
+            return not any(i["metadata"].get("deletionTimestamp") for i in items)
+
+        wait_for(released, f"objects being deleted in {namespace} to be released", 60, 0.5)
+    finally:
+        proc.stop()

@@ -547,6 +547,8 @@ class Stack:
             raise RuntimeError("the stack was never started here: run `loqua-dev up` first")
         specs = self._part_specs(state)
         if part not in specs:
+            if part in MONITORING_PARTS:
+                raise ValueError(f"{part} is part of the monitoring stack: start it with `make cluster MONITORING=1`")
             raise ValueError(f"{part} is a part of the local node: start it with `loqua-dev up --node`")
         cmd, extra_env, ready = specs[part]
         if self._running(state, part):

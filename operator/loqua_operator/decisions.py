@@ -80,3 +80,13 @@ def plan_release(
 def retry_delay(retry: int, base: float = 15.0, cap: float = 300.0) -> float:
     """The longer backoff between reconcile attempts once in-call retries are spent."""
     return min(cap, base * (2 ** max(0, retry)))
+
+
+def replacement_of(
+    agent_name: str, observed: Sequence[ObservedDispatch], dead_id: str | None
+) -> ObservedDispatch | None:
+    """When an object wants to replace its dead dispatch ``dead_id``: a different live dispatch of the
+    agent means another object sharing (room, agent name) has just replaced it — adopt that one
+    (the most recent) instead of deleting it and starting yet another agent job."""
+    others = [d for d in newest_first(ours(observed, agent_name)) if d.id != dead_id]
+    return others[0] if others and dead_id else None

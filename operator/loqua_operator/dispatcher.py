@@ -154,22 +154,35 @@ class Dispatcher:
 
     async def redispatch(self, spec: DispatchSpec, dead_id: str | None) -> tuple[ObservedDispatch, str]:
         """Replace a dispatch whose agent never showed up: delete it first, then create a new one,
-        so the room never holds two dispatches of this agent at once."""
+        so the room never holds two dispatches of this agent at once. If another object sharing the
+        room already replaced it, adopt that replacement (no second new agent job)."""
         async with self.lock(spec.key):
 
-            async def once() -> tuple[ObservedDispatch, str]:
-                for d in decisions.ours(await self.observe_if_room_exists(spec.room), spec.agent_name):
-                    if await self._gw.delete_dispatch(spec.room, d.id):
+            async def once() -> tuple[ObservedDispatch, str, bool]:
+                observed = await self.observe_if_room_exists(spec.room)
+                adopt = decisions.replacement_of(spec.agent_name, observed, dead_id)
+                for d in decisions.ours(observed, spec.agent_name):
+                    if (adopt is None or d.id != adopt.id) and await self._gw.delete_dispatch(spec.room, d.id):
                         self._metrics.dispatches_deleted.labels("redispatch").inc()
+                if adopt is not None:
+                    return adopt, "", False
                 empty_timeout, departure_timeout = room_timeouts(spec.ttl_seconds)
                 sid = await self._gw.ensure_room(spec.room, empty_timeout, departure_timeout)
-                return await self._gw.create_dispatch(spec.room, spec.agent_name, spec.metadata), sid
+                return await self._gw.create_dispatch(spec.room, spec.agent_name, spec.metadata), sid, True
 
-            created, sid = await with_retries(
+            created, sid, new = await with_retries(
                 once,
                 attempts=self._settings.livekit_retry_attempts,
                 base_seconds=self._settings.livekit_retry_base_seconds,
             )
+        if not new:
+            log.info(
+                "dispatch %s was already replaced by %s (a shared room): adopted",
+                dead_id,
+                created.id,
+                extra={"fields": {"room": spec.room, "agent": spec.agent_name, "dispatch_id": created.id}},
+            )
+            return created, sid
         self._metrics.redispatches.inc()
         self._metrics.dispatches_created.inc()
         log.info(

@@ -480,3 +480,38 @@ def test_liveness_fails_when_the_watch_stream_goes_silent(stack_env, custom, cor
         proxy.close()
         op.stop()
         release_namespace(core, custom, ns)
+
+
+# ---- 4. two objects sharing a room do not race their re-dispatches --------------------------------
+async def test_shared_room_redispatches_once_for_both_objects(stack_env, custom, namespace, lk) -> None:
+    """Two objects for (room, ghost); no worker runs `ghost`, so both see no agent after the grace.
+    The room never holds two dispatches, and both objects end on the one live dispatch."""
+    room = f"shared-{uuid.uuid4().hex[:8]}"
+    for name in ("a", "b"):
+        create(custom, namespace, name, room, agent="ghost", ttlSeconds=600)
+    wait_for(
+        lambda: all((get_ad(custom, namespace, n) or {}).get("status", {}).get("dispatchId") for n in "ab"), "bound", 30
+    )
+    learner = await Learner(stack_env, room).join()
+    try:
+        started, most = time.monotonic(), 0
+        while time.monotonic() - started < 20:
+            most = max(most, len(await live_dispatches(lk, room, "ghost")))
+            time.sleep(0.2)
+        redispatched = lambda: all(  # noqa: E731
+            (get_ad(custom, namespace, n) or {}).get("status", {}).get("redispatches", 0) >= 1 for n in "ab"
+        )
+        wait_for(redispatched, "both objects re-dispatched at least once", 30)
+
+    finally:
+        await learner.leave()
+    assert most == 1, "never two dispatches of the agent at once"
+
+    async def settled() -> bool:
+        ids = {get_ad(custom, namespace, n)["status"]["dispatchId"] for n in "ab"}
+        return ids == {d.id for d in await live_dispatches(lk, room, "ghost")} and len(ids) == 1
+
+    deadline = time.monotonic() + 30
+    while not await settled():
+        assert time.monotonic() < deadline, "the two objects do not end on the one live dispatch"
+        time.sleep(0.5)

@@ -153,3 +153,10 @@ def test_agent_dispatch_is_parsed_once_with_a_clear_error() -> None:
     assert obj.bound and obj.resource_version == "7" and obj.generation == 2 and obj.created == NOW
     with pytest.raises(SpecError, match=r"spec\.room and spec\.agentName are required"):
         AgentDispatch.from_body({"metadata": {"name": "x"}, "spec": {"room": "r"}}, 300)
+
+
+def test_a_replacement_made_by_a_sharing_object_is_adopted() -> None:
+    observed = [d("AD_dead", created=1), d("AD_new", created=5), d("AD_x", agent="other", created=9)]
+    assert decisions.replacement_of("tutor", observed, "AD_dead").id == "AD_new"
+    assert decisions.replacement_of("tutor", [d("AD_dead", created=1)], "AD_dead") is None  # replace it
+    assert decisions.replacement_of("tutor", observed, None) is None

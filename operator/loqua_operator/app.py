@@ -154,4 +154,5 @@ async def run(settings: OperatorSettings, namespaces: list[str]) -> int:
         if scaler_client is not None:
             await scaler_client.close()
         await gateway.close()
+        kube.close()
         server.close()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import fnmatch
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import kubernetes
@@ -26,6 +28,7 @@ KIND = "AgentDispatch"
 CALL_TIMEOUT = 5.0  # seconds; shorter than lease duration - renew deadline (see leader.py)
 LIST_TIMEOUT = 30.0  # a paged list of many objects
 PAGE = 500
+WORKERS = 16  # concurrent object calls (the client is synchronous: one thread per call in flight)
 T = TypeVar("T")
 # Writes made inside one sweep (the sweep task sets a fresh counter), so concurrent handlers don't count.
 sweep_writes: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("sweep_writes", default=None)
@@ -59,6 +62,10 @@ class Kube:
         self.gate = gate or WriteGate(elected=False)
         self._custom = kubernetes.client.CustomObjectsApi()
         self._coord = kubernetes.client.CoordinationV1Api()
+        # The Lease has a thread of its own: a renewal must never queue behind a burst of status writes
+        # (that would lose leadership under load).
+        self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="kube")
+        self._lease_pool = ThreadPoolExecutor(1, thread_name_prefix="kube-lease")
         self.writes = 0  # Kubernetes writes made (status patches, deletions), for the per-sweep figure
 
     def watches(self, namespace: str) -> bool:
@@ -69,11 +76,39 @@ class Kube:
         ok = not included or any(fnmatch.fnmatchcase(namespace, p) for p in included)
         return ok and not any(fnmatch.fnmatchcase(namespace, p) for p in excluded)
 
-    async def _run(self, fn: Callable[..., T], timeout: float, *args: Any, **kwargs: Any) -> T:
-        """``fn`` in a thread with the client's own socket timeout and an asyncio deadline on top."""
-        timeout = max(0.1, timeout)
-        kwargs["_request_timeout"] = (min(timeout, CALL_TIMEOUT), timeout)
-        return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), timeout + 1.0)
+    async def _run(
+        self,
+        fn: Callable[..., T],
+        timeout: float,
+        *args: Any,
+        write: str | None = None,
+        lease: bool = False,
+        **kwargs: Any,
+    ) -> T:
+        """``fn`` in a thread, within ``timeout`` from now — time spent queued for a thread included.
+
+        A call that waited in the queue past its deadline is never sent, and a write asks the gate again
+        in the thread right before it goes out: the caller may have stopped waiting, and leadership
+        may have lapsed meanwhile.
+        """
+        deadline = time.monotonic() + max(0.1, timeout)
+
+        def call() -> T:
+            left = deadline - time.monotonic()
+            if left <= 0.05:
+                raise TimeoutError("the call waited for a thread past its deadline; not sent")
+            if write is not None:
+                left = min(left, self.gate.check(write))
+            kwargs["_request_timeout"] = (min(left, CALL_TIMEOUT), left)
+            return fn(*args, **kwargs)
+
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._lease_pool if lease else self._pool, call)
+        return await asyncio.wait_for(future, max(0.1, timeout) + 1.0)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._lease_pool.shutdown(wait=False, cancel_futures=True)
 
     def _write_timeout(self, what: str) -> float:
         timeout = min(CALL_TIMEOUT, self.gate.check(what))
@@ -139,6 +174,7 @@ class Kube:
                 PLURAL,
                 ref.name,
                 body=body,
+                write=f"deleting {ref.namespace}/{ref.name}",
             )
         except ApiException as exc:
             if exc.status in (404, 409):
@@ -159,6 +195,7 @@ class Kube:
                 PLURAL,
                 ref.name,
                 {"status": status},
+                write=f"status of {ref.namespace}/{ref.name}",
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -168,16 +205,16 @@ class Kube:
     # ---- Lease (the election itself is not gated) -------------------------------------------------
     async def read_lease(self, namespace: str, name: str, timeout: float = CALL_TIMEOUT) -> Any | None:
         try:
-            return await self._run(self._coord.read_namespaced_lease, timeout, name, namespace)
+            return await self._run(self._coord.read_namespaced_lease, timeout, name, namespace, lease=True)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
 
     async def create_lease(self, namespace: str, body: dict[str, Any], timeout: float = CALL_TIMEOUT) -> Any:
-        return await self._run(self._coord.create_namespaced_lease, timeout, namespace, body)
+        return await self._run(self._coord.create_namespaced_lease, timeout, namespace, body, lease=True)
 
     async def replace_lease(
         self, namespace: str, name: str, body: dict[str, Any], timeout: float = CALL_TIMEOUT
     ) -> Any:
-        return await self._run(self._coord.replace_namespaced_lease, timeout, name, namespace, body)
+        return await self._run(self._coord.replace_namespaced_lease, timeout, name, namespace, body, lease=True)

@@ -1,0 +1,44 @@
+"""Kubernetes calls: a call queued past its deadline is never sent; a write asks the gate in the thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from loqua_operator.kube import Kube
+from loqua_operator.leader import NotLeader, WriteGate
+
+
+async def test_a_call_that_waited_for_a_thread_past_its_deadline_is_not_sent() -> None:
+    kube = Kube([], WriteGate(elected=False))
+    kube._pool = ThreadPoolExecutor(1)  # one thread, kept busy
+    sent = threading.Event()
+    loop = asyncio.get_running_loop()
+    busy = loop.run_in_executor(kube._pool, time.sleep, 1.0)
+    with pytest.raises(TimeoutError):
+        await kube._run(lambda **_: sent.set(), 0.2)
+    await busy
+    await asyncio.sleep(0.1)
+    assert not sent.is_set(), "a call the caller gave up on went out later"
+    kube.close()
+
+
+async def test_a_write_is_refused_in_the_thread_once_leadership_lapsed() -> None:
+    clock = [100.0]
+    gate = WriteGate(elected=True, clock=lambda: clock[0])
+    gate.confirm(100.0)
+    kube = Kube([], gate)
+    sent = threading.Event()
+
+    def lapse_then_write(**_: object) -> None:
+        sent.set()
+
+    clock[0] = 111.0  # after the caller passed the gate, before the thread runs the call
+    with pytest.raises(NotLeader):
+        await kube._run(lapse_then_write, 1.0, write="status of ns/a")
+    assert not sent.is_set()
+    kube.close()

@@ -188,8 +188,8 @@ def test_agent_token_claims() -> None:
     ("token", "role", "code"),
     [
         (mint_agent_token(JWT_SECRET, "a", -1), "agent", "TOKEN_EXPIRED"),
-        (mint_agent_token(JWT_SECRET, "a", 60), "user", "WRONG_TOKEN_ROLE"),
-        (mint_user_token(JWT_SECRET, "u", "r", "a", 60), "agent", "WRONG_TOKEN_ROLE"),
+        (mint_agent_token(JWT_SECRET, "a", 86400), "user", "WRONG_TOKEN_ROLE"),  # minted at collection
+        (mint_user_token(JWT_SECRET, "u", "r", "a", 86400), "agent", "WRONG_TOKEN_ROLE"),
         (
             jwt.encode({"sub": "a", "role": "agent", "iat": 1}, JWT_SECRET, algorithm="HS256"),
             "agent",

@@ -116,6 +116,7 @@ async def run(settings: OperatorSettings, namespaces: list[str]) -> int:
         refresh = RoomRefreshQueue(index, rooms, reconciler, metrics)
         ctx = OperatorContext(settings, metrics, index, reconciler, sweeper, refresh, liveness)
         stop_flag: asyncio.Event = asyncio.Event()
+        liveness.expect_streams()
         operator_task = asyncio.create_task(
             kopf.operator(
                 registry=registry,

@@ -32,16 +32,29 @@ class Liveness:
         self._clock = clock
         self._beat: float | None = None
         self._streams: dict[str, float] = {}
+        self._expect_since: float | None = None  # when kopf started: from then on a stream must exist
+
+    def expect_streams(self) -> None:
+        self._expect_since = self._clock()
 
     # ---- stamps (from the event loop) --------------------------------------------------------------
     def beat(self) -> None:
         self._beat = self._clock()
 
+    def stream_started(self, name: str) -> None:
+        """A (re)started stream is not news: kopf restarts a stream that fails, and a restart loop
+        against an unreachable API server must not look alive. Only a new stream starts stamped."""
+        self._streams.setdefault(name, self._clock())
+
     def stream_alive(self, name: str) -> None:
         self._streams[name] = self._clock()
 
     def stream_ended(self, name: str) -> None:
-        self._streams.pop(name, None)
+        """A stream that ends while it was talking (its namespace went away) is forgotten; one that ends
+        silent keeps its stale stamp, whether kopf restarts it or not."""
+        last = self._streams.get(name)
+        if last is not None and self._clock() - last < self.watch_stall_seconds / 2:
+            del self._streams[name]
 
     async def run_heartbeat(self) -> None:
         while True:
@@ -56,6 +69,8 @@ class Liveness:
         for name, last in list(self._streams.items()):
             if now - last > self.watch_stall_seconds:
                 return False, f"watch stream {name} silent for {now - last:.0f} s"
+        if not self._streams and self._expect_since is not None and now - self._expect_since > self.watch_stall_seconds:
+            return False, f"no watch stream running for {now - self._expect_since:.0f} s"
         return True, "ok"
 
 
@@ -80,7 +95,7 @@ def watch_hook(liveness: Liveness, plural: str) -> Callable[[], None]:
                 yield event
             return
         name = f"{plural}@{kwargs.get('namespace') or '*'}"
-        liveness.stream_alive(name)
+        liveness.stream_started(name)
         try:
             async for event in original(*args, **kwargs):
                 liveness.stream_alive(name)

@@ -37,7 +37,25 @@ def test_stale_heartbeat_or_silent_stream_fails_with_the_reason() -> None:
     live.beat()
     ok, why = live.check()
     assert not ok and why == "watch stream agentdispatches@lq-1 silent for 91 s"
-    live.stream_ended("agentdispatches@lq-1")  # a namespace that went away is not a dead watch
+    live.stream_ended("agentdispatches@lq-1")  # ended silent: kopf restarting it does not refresh it
+    live.stream_started("agentdispatches@lq-1")
+    assert not live.check()[0]
+    live.stream_alive("agentdispatches@lq-1")
+    clock.now += 1
+    live.stream_ended("agentdispatches@lq-1")  # ended while talking (its namespace went away): forgotten
+    clock.now += 500
+    live.beat()
+    assert live.check()[0]
+
+
+def test_a_watch_that_never_started_fails_too() -> None:
+    clock = Clock()
+    live = Liveness(loop_stall_seconds=10, watch_stall_seconds=90, clock=clock)
+    live.expect_streams()  # kopf started
+    clock.now += 91
+    live.beat()
+    assert live.check() == (False, "no watch stream running for 91 s")
+    live.stream_started("agentdispatches@*")
     assert live.check()[0]
 
 

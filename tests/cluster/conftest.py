@@ -24,6 +24,7 @@ from livekit import api
 from loqua_devstack import cluster as local_cluster
 from loqua_devstack import serving
 from loqua_devstack.stack import Stack, devstack_dir, quiet_dev_secret_warning
+from tests.integration import conftest as integration
 
 NS = local_cluster.NAMESPACE
 AGENT = local_cluster.AGENT_NAME
@@ -116,12 +117,4 @@ async def until(check: Any, what: str, timeout: float, interval: float = 0.5) ->
 
 async def live_dispatches(lk: api.LiveKitAPI, room: str) -> list[api.AgentDispatch]:
     """The room's dispatches of our agent name, read from LiveKit itself."""
-    if not (await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))).rooms:
-        return []
-    try:
-        found = await lk.agent_dispatch.list_dispatch(room)
-    except api.TwirpError as exc:
-        if exc.code == "not_found":
-            return []
-        raise
-    return [d for d in found if d.agent_name == AGENT]
+    return await integration.live_dispatches(lk, room, AGENT)

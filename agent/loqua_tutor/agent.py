@@ -141,6 +141,12 @@ class Tutor(Agent):
         }
 
 
+# The tools that change the session state: what loqua_tutor_tool_calls_total counts.
+RECORDING_TOOLS = tuple(
+    sorted(t.info.name for t in llm.find_function_tools(Tutor) if t.info.name not in READ_ONLY_TOOLS)
+)
+
+
 class _RequestError(Exception):
     """A malformed RPC request; the message is safe to return."""
 

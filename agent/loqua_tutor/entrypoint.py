@@ -26,7 +26,7 @@ from livekit.agents import AgentSession, AutoSubscribe, JobContext, room_io
 
 from loqua_common.logging import set_context
 from loqua_common.tokenkey import derive_key
-from loqua_tutor.agent import RPC_METHOD, Tutor, TutorData, run_tool_call
+from loqua_tutor.agent import RECORDING_TOOLS, RPC_METHOD, Tutor, TutorData, run_tool_call
 from loqua_tutor.api_client import LoquaApiClient, shared_ssl_context
 from loqua_tutor.breaker import CircuitBreaker
 from loqua_tutor.cache import TTLCache
@@ -227,6 +227,7 @@ def _register_rpc(
 
 async def entrypoint(settings: TutorSettings, ctx: JobContext) -> None:
     metrics = job_metrics()
+    metrics.know_tools(RECORDING_TOOLS)
     job_id = ctx.job.id
     room_name = ctx.job.room.name
     ctx.log_context_fields = {"agent_id": settings.agent_id, "fields": {"room": room_name, "job": job_id}}

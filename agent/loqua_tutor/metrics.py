@@ -15,6 +15,7 @@ a raw user id, and no token or secret is ever a label.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -64,6 +65,10 @@ def worker_metrics(registry: CollectorRegistry = REGISTRY) -> WorkerMetrics:
         if id(registry) not in _worker_metrics:
             _worker_metrics[id(registry)] = WorkerMetrics(registry)
         return _worker_metrics[id(registry)]
+
+
+# Results of a recording tool call (loqua_tutor_tool_calls_total{result}).
+TOOL_RESULTS = ("ok", "invalid")
 
 
 class JobMetrics:
@@ -170,6 +175,13 @@ class JobMetrics:
         self.rpc_rejected.labels("not_learner")
         self._breakers: dict[int, int] = {}
         self._breaker_lock = threading.Lock()
+
+    def know_tools(self, tools: Iterable[str]) -> None:
+        """Create ``tool_calls_total`` at 0 for every (tool, result), so its series exist before the
+        first call (prometheus-client: initialise labelled metrics with their known label values)."""
+        for tool in tools:
+            for result in TOOL_RESULTS:
+                self.tool_calls.labels(tool, result)
 
     def set_breaker_state(self, key: int, state: int | None) -> None:
         """Record one breaker's state (``None``: it is gone); the gauge shows the worst."""

@@ -27,6 +27,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,10 @@ def pid_alive(pid: int) -> bool:
 
 def _pid_of(path: str) -> str:
     return os.path.basename(path)[: -len(".db")].rsplit("_", 1)[-1]
+
+
+def _series_key(sample: Sample) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return sample.name, tuple(sorted(sample.labels.items()))
 
 
 class MultiprocStore:
@@ -77,13 +82,26 @@ class MultiprocStore:
     def collect(self) -> list[Metric]:
         """The job series; ``zeros`` (an unexposed registry holding the same metrics at zero)
         fills in every series no job process has written yet, so dashboards and alerts see 0
-        rather than no data on a fresh or idle worker."""
+        rather than no data on a fresh or idle worker. Counters and histograms are filled per
+        label set (a job that counted one tool call leaves the other tools' series at 0); gauges
+        per metric (their merged samples follow the multiprocess mode)."""
         with self._lock:
             merged = MultiProcessCollector.merge(self._files(), accumulate=True)
         found = [m for m in merged if m.name in self._names]
         if self._zeros is not None:
-            present = {m.name for m in found}
-            found += [m for m in self._zeros.collect() if m.name in self._names and m.name not in present]
+            by_name = {m.name: m for m in found}
+            for zero in self._zeros.collect():
+                if zero.name not in self._names:
+                    continue
+                metric = by_name.get(zero.name)
+                if metric is None:
+                    found.append(zero)
+                elif metric.type in ("counter", "histogram"):
+                    seen = {_series_key(s) for s in metric.samples}
+                    # (a merged metric has no _created samples: none for the filled-in ones either)
+                    metric.samples += [
+                        s for s in zero.samples if _series_key(s) not in seen and not s.name.endswith("_created")
+                    ]
         return found
 
     def compact(self, is_alive: Callable[[int], bool] = pid_alive) -> int:

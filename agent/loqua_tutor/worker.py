@@ -44,6 +44,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from loqua_common.metrics import serve_http
 from loqua_tutor import __version__
+from loqua_tutor.agent import RECORDING_TOOLS
 from loqua_tutor.entrypoint import entrypoint, on_session_end, prewarm
 from loqua_tutor.forkserver import start_forkserver_ignoring_sigterm
 from loqua_tutor.metrics import JOB_METRIC_NAMES, JobMetrics, WorkerMetrics, worker_metrics
@@ -193,7 +194,7 @@ def _prepare_metrics_dir(settings: TutorSettings) -> MultiprocStore | None:
 
 def _zero_job_metrics() -> CollectorRegistry:
     zeros = CollectorRegistry()
-    JobMetrics(zeros)
+    JobMetrics(zeros).know_tools(RECORDING_TOOLS)
     return zeros
 
 

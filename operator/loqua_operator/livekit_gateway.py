@@ -32,6 +32,8 @@ class LiveKitError(Exception):
         self.retryable = retryable
 
 
+# Every LiveKit API method the gateway calls (the `method` label of its series).
+METHODS = ("CreateDispatch", "CreateRoom", "DeleteDispatch", "ListDispatch", "ListParticipants", "ListRooms")
 RETRYABLE_CODES = {"unavailable", "internal", "unknown", "deadline_exceeded", "resource_exhausted", "aborted"}
 HTTP_CODES = {400: "invalid_argument", 401: "unauthenticated", 403: "permission_denied"}
 # Errors that say the request itself can never succeed as sent: fail the object, do not retry hot.
@@ -71,6 +73,11 @@ class LiveKitGateway:
         self.gate = gate or WriteGate(elected=False)
         self._api: api.LiveKitAPI | None = None
         self.calls = 0  # LiveKit calls made, for the per-sweep figure
+        # The series exist at 0 before the first call or error: per method, and its error that
+        # any method can meet (the server unreachable); codes the server answers appear when seen.
+        for method in METHODS:
+            metrics.livekit_requests.labels(method)
+            metrics.livekit_errors.labels(method, "unavailable")
 
     async def start(self) -> None:
         self._api = api.LiveKitAPI(

@@ -13,6 +13,8 @@ from loqua_common.metrics import duration_buckets
 from loqua_operator.status import Phase
 
 PREFIX = "loqua_operator"
+# The kopf handlers timed and counted by handler name (handlers/dispatch.py).
+RECONCILE_HANDLERS = ("bind", "release")
 
 
 class PhaseCollector(Collector):
@@ -188,5 +190,9 @@ class OperatorMetrics:
             ["agent_name"],
             registry=registry,
         )
+        # Labelled series exist at 0 from the start (prometheus-client's advice), so a dashboard
+        # panel or an increase() has data before the first error.
+        for handler in RECONCILE_HANDLERS:
+            self.reconcile_errors.labels(handler)
         self.phases = PhaseCollector()
         registry.register(self.phases)

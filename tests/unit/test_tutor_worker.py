@@ -13,11 +13,12 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from loqua_tutor.agent import RECORDING_TOOLS
 from loqua_tutor.metrics import JOB_METRIC_NAMES, JobMetrics, WorkerMetrics
 from loqua_tutor.multiproc import MultiprocStore, exposition_registry
 from loqua_tutor.settings import TutorSettings
 from loqua_tutor.tiers import TIERS, Tier
-from loqua_tutor.worker import CapacityGate, _Admission, _Load
+from loqua_tutor.worker import CapacityGate, _Admission, _Load, _zero_job_metrics
 
 
 @pytest.mark.parametrize("tier", list(Tier))
@@ -167,4 +168,24 @@ def test_job_process_metrics_are_merged_and_compacted(tmp_path: Path) -> None:
         assert _value(scrape(), "loqua_tutor_sessions_started_total ") == 3
     finally:
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        store.remove()
+
+
+def test_tool_calls_exist_at_zero_for_every_recording_tool_before_any_call(tmp_path: Path) -> None:
+    """A dashboard panel on tool calls has data from the start: every (tool, result) is exported at
+    0 by the worker's zero twins, and a job's calls add to exactly those series."""
+    store = MultiprocStore.prepare(str(tmp_path / "prom"), JOB_METRIC_NAMES, zeros=_zero_job_metrics())
+    try:
+        registry = exposition_registry(CollectorRegistry(), store)
+        before = generate_latest(registry).decode()
+        assert set(RECORDING_TOOLS) == {"new_word", "phrase_practised", "pronunciation_score", "grammar_point", "topic"}
+        for tool in RECORDING_TOOLS:
+            for result in ("ok", "invalid"):
+                assert _value(before, f'loqua_tutor_tool_calls_total{{result="{result}",tool="{tool}"}}') == 0
+        assert 'tool="state"' not in before  # read-only: never counted
+        _run_job_process(tmp_path / "prom", 'm.tool_calls.labels("new_word", "ok").inc()\n')
+        after = generate_latest(registry).decode()
+        assert _value(after, 'loqua_tutor_tool_calls_total{result="ok",tool="new_word"}') == 1
+        assert _value(after, 'loqua_tutor_tool_calls_total{result="invalid",tool="new_word"}') == 0
+    finally:
         store.remove()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from loqua_devstack import debian
 from loqua_devstack.binaries import cache_dir
+from loqua_devstack.processes import exclusive_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
@@ -213,7 +214,17 @@ def context_digest(base: str, extras: str) -> str:
 
 def build(log: Path | None = None, extras: str = "") -> BuiltImage:
     """Build deploy/Dockerfile on the local base; layers are reused from earlier builds, and an
-    unchanged build context reuses the last image without running buildah at all."""
+    unchanged build context reuses the last image without running buildah at all. Then prune what
+    earlier builds left. One build at a time per cache (another checkout's prune must not remove
+    the image this one just built)."""
+    lock = images_dir() / "build.lock"
+    with exclusive_lock(lock, lambda: _say("another image build is running for this cache; waiting for it")):
+        built = _build(log, extras)
+        prune(built.name)
+    return built
+
+
+def _build(log: Path | None, extras: str) -> BuiltImage:
     log = log or cache_dir() / "build-logs" / "image.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
@@ -258,6 +269,64 @@ def build(log: Path | None = None, extras: str = "") -> BuiltImage:
     last_file.write_text(json.dumps({"digest": digest, "name": name}))
     _say(f"built {name} ({size}) in {seconds:.0f} s")
     return BuiltImage(name, ident, size, seconds)
+
+
+# Repositories this module builds into; any other image in the storage is left alone.
+MANAGED_REPOSITORIES = (IMAGE_REPOSITORY, BASE_IMAGE.rsplit(":", 1)[0], SANDBOX_IMAGE.rsplit(":", 1)[0])
+_ARCHIVE_ID = re.compile(r"-([0-9a-f]{12})\.oci\.tar$")
+_ROOTFS_KEY = re.compile(r"^rootfs-.*-([0-9a-f]{12})\.tar$")
+
+
+def superseded_images(images: list[dict], keep: set[str]) -> list[str]:
+    """Ids of the images (``buildah images --json`` entries) that only earlier builds use: every
+    image of a managed repository none of whose names is in ``keep``. Images of other
+    repositories, and untagged ones (layers, left to `rmi --prune`), are never chosen."""
+    out = []
+    for entry in images:
+        names = entry.get("names") or []
+        if not names or any(n in keep for n in names):
+            continue
+        if all(n.rsplit(":", 1)[0] in MANAGED_REPOSITORIES for n in names):
+            out.append(str(entry["id"]))
+    return out
+
+
+def stale_files(paths: list[Path], live_ids: set[str]) -> list[Path]:
+    """Files of images_dir() no image in the storage needs: OCI archives of image ids that are
+    gone, and rootfs tarballs of another base recipe. Partial files are a running push's."""
+    short = {i.removeprefix("sha256:")[:12] for i in live_ids}
+    stale = []
+    for path in paths:
+        archive, rootfs = _ARCHIVE_ID.search(path.name), _ROOTFS_KEY.match(path.name)
+        if (archive and archive.group(1) not in short) or (rootfs and rootfs.group(1) != _BASE_KEY):
+            stale.append(path)
+    return stale
+
+
+def prune(current: str) -> list[str]:
+    """Remove what earlier builds left behind; returns what was removed. vfs storage copies every
+    layer in full, so each rebuild would otherwise keep ~1.4 GB (enough, once, to fill the disk
+    and have the kubelet evict pods for DiskPressure). Kept: ``current`` (with its ``:dev`` tag
+    and its layers, which the next build reuses), the base and sandbox images. Pods already
+    running are unaffected: containerd holds its own copy of the images it imported."""
+    keep = {current, f"{IMAGE_REPOSITORY}:dev", BASE_IMAGE, SANDBOX_IMAGE}
+    removed = []
+    for ident in superseded_images(json.loads(_run(buildah_cmd("images", "--json")) or "[]"), keep):
+        # `buildah rmi` removes an image together with its untagged parents no other image uses.
+        result = subprocess.run(buildah_cmd("rmi", ident), capture_output=True, text=True)
+        if result.returncode == 0:
+            removed.append(ident[:12])
+        else:
+            _say(f"could not remove superseded image {ident[:12]}: {result.stderr.strip()[-300:]}")
+    # Untagged images without children: layers of interrupted builds.
+    subprocess.run(buildah_cmd("rmi", "--prune"), capture_output=True, text=True)
+    live = {str(e["id"]) for e in json.loads(_run(buildah_cmd("images", "--json")) or "[]")}
+    for path in stale_files(sorted(images_dir().iterdir()), live):
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    if removed:
+        _say(f"pruned what earlier builds left: {', '.join(removed)}")
+    return removed
 
 
 def image_size(name: str) -> str:

@@ -187,6 +187,11 @@ class TutorSession:
             if self._finalized:
                 return
             self._finalized = True
+            if self._started_at is not None and not self._failed and not self.tokens.ever_obtained:
+                # The learner's token was never obtained (exchange refused or failing the whole
+                # session): nothing of the lesson could reach their account. Not a normal end.
+                log.error("session ending without the learner's token ever obtained: failed")
+                self._failed = True
             status = ProgressStatus.FAILED if self._failed else ProgressStatus.COMPLETED
             deadline = self._clock() + self._finalize_timeout
             log.info("session ending (%s): sending final progress and session record", reason or status.value)

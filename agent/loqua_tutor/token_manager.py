@@ -108,6 +108,11 @@ class TokenManager:
         return self._token is not None
 
     @property
+    def ever_obtained(self) -> bool:
+        """An exchange has succeeded at least once (the learner's token was ever usable)."""
+        return self._obtained.is_set()
+
+    @property
     def expires_at(self) -> float | None:
         return self._expires_at
 

@@ -44,6 +44,7 @@ class FakeApi:
     def __init__(self) -> None:
         self.down = False
         self.fail_sessions = 0
+        self.refuse_exchange = False
         self.requests: list[tuple[str, str, dict]] = []
 
     def bodies(self, path: str) -> list[dict]:
@@ -55,6 +56,8 @@ class FakeApi:
         self.requests.append((request.method, path, body))
         if self.down:
             return httpx.Response(503)
+        if path == "/api/v1/agent/user-token" and self.refuse_exchange:
+            return httpx.Response(401, json={"error": {"code": "UNAUTHORIZED", "message": "agent token invalid"}})
         if path == "/api/v1/agent/user-token":
             token = jwt.encode({"sub": body["user_id"], "exp": int(time.time()) + 3600}, "k" * 32, algorithm="HS256")
             return httpx.Response(200, json={"encrypted_token": encrypt_token(token, SECRET, iv=bytes(16))})
@@ -211,6 +214,32 @@ async def test_finalize_runs_once_under_concurrent_double_end() -> None:
     assert metrics.sessions_completed._value.get() == 1
     assert metrics.session_records.labels("delivered")._value.get() == 1
     assert session.record_delivered is True
+
+
+async def test_a_session_that_never_got_the_learners_token_ends_failed() -> None:
+    """The exchange refused for the whole session (agent JWT invalid): nothing of the lesson
+    reached the learner's account, so it is not a normal end (the completion-rate alert sees it)."""
+    api = FakeApi()
+    api.refuse_exchange = True
+    session, metrics = make_session(api, finalize_timeout=5)
+    await session.start()
+    session.state.record_new_word("chat", "cat", "fr")
+    await session.finalize("learner left")
+    assert metrics.sessions_failed._value.get() == 1 and metrics.sessions_completed._value.get() == 0
+    assert metrics.token_exchange.labels("auth_failed")._value.get() >= 1
+
+
+async def test_a_session_whose_exchange_failed_at_first_but_then_worked_completes() -> None:
+    api = FakeApi()
+    api.down = True
+    session, metrics = make_session(api)
+    await session.start()  # degraded: defaults, no token yet
+    assert not session.tokens.ever_obtained
+    api.down = False
+    await session.tokens.get()  # the refresher's next try (or any request) obtains it
+    await session.finalize("learner left")
+    assert metrics.sessions_completed._value.get() == 1 and metrics.sessions_failed._value.get() == 0
+    assert api.bodies("/api/v1/agent/progress")[-1]["data"]["status"] == "completed"
 
 
 async def test_failed_session_reports_failed() -> None:

@@ -97,3 +97,34 @@ def test_an_alerts_for_is_a_chart_value(helm: Helm) -> None:
         )
     values["monitoring"]["prometheusRule"]["for"] = {"LoquaLiveKitUnreachable": "soon"}
     assert "for" in helm.render_error(values, api_versions=[MONITORING_API])
+
+
+def _exprs_of(pr: dict) -> dict:
+    return {r["alert"]: r["expr"] for g in pr["spec"]["groups"] for r in g["rules"]}
+
+
+def test_an_alerts_range_windows_are_a_chart_value(helm: Helm, promtool: str, tmp_path: Path) -> None:
+    default = one(helm.render(MONITORED, api_versions=[MONITORING_API]), "PrometheusRule")
+    values = {
+        "monitoring": {
+            **MONITORED["monitoring"],
+            "prometheusRule": {"enabled": True, "windows": {"LoquaSessionCompletionRateLow": "5m"}},
+        }
+    }
+    pr = one(helm.render(values, api_versions=[MONITORING_API]), "PrometheusRule")
+    before, after = _exprs_of(default), _exprs_of(pr)
+    name = "LoquaSessionCompletionRateLow"
+    assert "[1h]" in before[name] and "[1h]" not in after[name]
+    assert after[name] == before[name].replace("[1h]", "[5m]")
+    assert {k: v for k, v in after.items() if k != name} == {k: v for k, v in before.items() if k != name}
+    path = tmp_path / monitoring.rule_file_name(pr)
+    path.write_text(monitoring.rule_file_text(pr))
+    checked = _promtool(promtool, "check", "rules", str(path))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for wrong in ("NoSuchAlert", "LoquaLiveKitUnreachable"):  # unknown, and an alert without a window
+        values["monitoring"]["prometheusRule"]["windows"] = {wrong: "5m"}
+        assert f"monitoring.prometheusRule.windows.{wrong}" in helm.render_error(
+            values, api_versions=[MONITORING_API]
+        )
+    values["monitoring"]["prometheusRule"]["windows"] = {name: "a while"}
+    assert "windows" in helm.render_error(values, api_versions=[MONITORING_API])

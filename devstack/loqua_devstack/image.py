@@ -277,14 +277,22 @@ _ARCHIVE_ID = re.compile(r"-([0-9a-f]{12})\.oci\.tar$")
 _ROOTFS_KEY = re.compile(r"^rootfs-.*-([0-9a-f]{12})\.tar$")
 
 
-def superseded_images(images: list[dict], keep: set[str]) -> list[str]:
+# Another checkout sharing the cache may have built an image a moment ago and not yet imported it
+# into its node: images younger than this are never pruned.
+KEEP_RECENT_SECONDS = 1800
+
+
+def superseded_images(images: list[dict], keep: set[str], now: float) -> list[str]:
     """Ids of the images (``buildah images --json`` entries) that only earlier builds use: every
-    image of a managed repository none of whose names is in ``keep``. Images of other
-    repositories, and untagged ones (layers, left to `rmi --prune`), are never chosen."""
+    image of a managed repository none of whose names is in ``keep``, built more than
+    KEEP_RECENT_SECONDS ago. Images of other repositories, and untagged ones (layers, left to
+    `rmi --prune`), are never chosen."""
     out = []
     for entry in images:
         names = entry.get("names") or []
         if not names or any(n in keep for n in names):
+            continue
+        if now - float(entry.get("created") or now) < KEEP_RECENT_SECONDS:
             continue
         if all(n.rsplit(":", 1)[0] in MANAGED_REPOSITORIES for n in names):
             out.append(str(entry["id"]))
@@ -307,11 +315,13 @@ def prune(current: str) -> list[str]:
     """Remove what earlier builds left behind; returns what was removed. vfs storage copies every
     layer in full, so each rebuild would otherwise keep ~1.4 GB (enough, once, to fill the disk
     and have the kubelet evict pods for DiskPressure). Kept: ``current`` (with its ``:dev`` tag
-    and its layers, which the next build reuses), the base and sandbox images. Pods already
-    running are unaffected: containerd holds its own copy of the images it imported."""
+    and its layers, which the next build reuses), the base and sandbox images, and any image built
+    in the last KEEP_RECENT_SECONDS (another checkout's). Pods already running are unaffected:
+    containerd holds its own copy of the images it imported."""
     keep = {current, f"{IMAGE_REPOSITORY}:dev", BASE_IMAGE, SANDBOX_IMAGE}
     removed = []
-    for ident in superseded_images(json.loads(_run(buildah_cmd("images", "--json")) or "[]"), keep):
+    listed = json.loads(_run(buildah_cmd("images", "--json")) or "[]")
+    for ident in superseded_images(listed, keep, time.time()):
         # `buildah rmi` removes an image together with its untagged parents no other image uses.
         result = subprocess.run(buildah_cmd("rmi", ident), capture_output=True, text=True)
         if result.returncode == 0:

@@ -238,6 +238,8 @@ def test_operator_container(helm: Helm) -> None:
         "AGENT_PRESENCE_GRACE_SECONDS": "15",
         "MAX_REDISPATCHES": "10",
         "ORPHAN_ROOMS_PER_SWEEP": "200",
+        "LIVENESS_LOOP_STALL_SECONDS": "10",
+        "LIVENESS_WATCH_STALL_SECONDS": "150",
         "MANAGED_AGENT_NAMES": "spanish-tutor,french-tutor",
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "INFO",

@@ -70,6 +70,7 @@ class Bench:
         self.core = kubernetes.client.CoreV1Api(self.kube)
         self.logs = Path(env["DEVSTACK_DIR"]) / "logs" / "bench"
         self.rows: list[Row] = []
+        self.curve = ""  # the scale part's own table, printed after the main one
         self.kubectl_env = kubectl_env(env)
 
     def lk(self) -> api.LiveKitAPI:
@@ -103,6 +104,8 @@ class Bench:
                 GROUP, VERSION, ns, PLURAL, item["metadata"]["name"], {"metadata": {"finalizers": None}}
             )
 
+        if len(items) >= 1000:
+            say(f"  stripping the finalizers of {len(items)} objects in {ns}")
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(strip, items))
         self.core.delete_namespace(ns)
@@ -117,13 +120,16 @@ class Bench:
 
         asyncio.run(drop_rooms())
 
-    def operator(self, ns: str, tag: str, **env: str) -> ServiceProcess:
-        proc = operator_process(
+    def operator_unstarted(self, ns: str, tag: str, **env: str) -> ServiceProcess:
+        return operator_process(
             self.env,
             self.logs / f"operator-{tag}.log",
             namespaces=[ns],
             extra_env={"LEASE_NAME": f"bench-{tag}", "LEASE_NAMESPACE": ns, "LOG_LEVEL": "WARNING", **env},
-        ).start()
+        )
+
+    def operator(self, ns: str, tag: str, **env: str) -> ServiceProcess:
+        proc = self.operator_unstarted(ns, tag, **env).start()
         proc.wait_healthy(timeout=60, body="ok")
         return proc
 
@@ -135,6 +141,19 @@ class Bench:
             "spec": {"room": room, "agentName": agent, **spec},
         }
         self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+
+    def delete_and_wait(self, ns: str, name: str, timeout: float = 60) -> None:
+        """Delete one object and wait until it is gone (its finalizer done)."""
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+
+        def gone() -> bool:
+            try:
+                self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+            except kubernetes.client.ApiException as exc:
+                return exc.status == 404
+            return False
+
+        wait_for(gone, f"{ns}/{name} deleted", timeout, interval=0.05)
 
     def status(self, ns: str, name: str) -> dict:
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name).get("status") or {}
@@ -166,26 +185,6 @@ class Bench:
                 head, value = line.rsplit(" ", 1)
                 out[head.split('"')[1]] = float(value)
         return out
-
-    def resume_figure(self, ns: str, op: ServiceProcess, n: int) -> ServiceProcess:
-        """Restart the operator over ``n`` bound objects: LiveKit calls until its first sweep is done."""
-        op.stop()
-        op = self.operator(ns, "sweep-resume", CLEANUP_INTERVAL_MS="5000", WEBHOOK_PORT="0")
-        wait_for(lambda: self.metric(op, "loqua_operator_sweep_duration_seconds_count") >= 1, "first sweep", 300, 0.05)
-        calls = self.labelled(op, "loqua_operator_livekit_requests_total")
-        total = sum(calls.values())
-        made = sum(calls.get(m, 0) for m in ("CreateRoom", "CreateDispatch", "DeleteDispatch"))
-        self.rows.append(
-            Row(
-                f"LiveKit calls on resume, {n} bound objects",
-                f"{calls.get('ListRooms', 0):.0f} ListRooms, {made:.0f} writes",
-                f"{n} (one call per object)",
-                f"{total / n:.4f}x",
-                "restart of the operator, until its first sweep is done: "
-                + ", ".join(f"{m} {v:.0f}" for m, v in sorted(calls.items())),
-            )
-        )
-        return op
 
     async def api_client_figure(self) -> None:
         """The tutor's API client (pooled, retries, breaker, metrics) against a bare httpx call."""
@@ -490,24 +489,11 @@ class Bench:
             )
         return made
 
-    async def raw_bind_burst(self, n: int) -> float:
-        """Seconds for ``n`` sequential CreateRoom + CreateDispatch calls straight to LiveKit."""
-        lk = self.lk()
-        rooms = [f"bench-rawburst-{uuid.uuid4().hex[:6]}-{i}" for i in range(n)]
-        try:
-            t0 = time.perf_counter()
-            for room in rooms:
-                await lk.room.create_room(api.CreateRoomRequest(name=room))
-                await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="raw", room=room))
-            seconds = time.perf_counter() - t0
-            await delete_rooms(lk, rooms)
-        finally:
-            await lk.aclose()
-        return seconds
-
     def calls_per_sweep(self) -> None:
-        small, large = [10, 100], [1000] if self.quick else [1000, 10000]
-        say(f"LiveKit calls per sweep at {small + large} objects; a burst of {large[0]}; memory and CPU at {large}")
+        """LiveKit calls and status writes per sweep at 10 and 100 objects (the scale part goes on from
+        1,000: loqua_devstack.bench_scale)."""
+        small = [10, 100]
+        say(f"LiveKit calls per sweep at {small} objects")
         ns = self.namespace()
         op = self.operator(ns, "sweep-small", CLEANUP_INTERVAL_MS="5000", WEBHOOK_PORT="0")
         try:
@@ -515,64 +501,6 @@ class Bench:
         finally:
             op.stop()
             self.discard(ns, f"bench-calls-{ns}-")
-
-        burst = large[0]
-        say(f"a burst of {burst} objects against {burst} sequential CreateRoom + CreateDispatch calls")
-        raw = asyncio.run(self.raw_bind_burst(burst))
-        ns = self.namespace()
-        op = self.operator(ns, "sweep-large", CLEANUP_INTERVAL_MS="5000", WEBHOOK_PORT="0")
-        try:
-            time.sleep(6)
-            base_rss, base_cpu = rss_mib(op.pid), cpu_percent(op.pid, 10)
-            t0 = time.perf_counter()
-            self.create_burst(ns, range(burst))
-            writes = time.perf_counter() - t0
-            self.wait_dispatched(ns, burst)
-            ours = time.perf_counter() - t0
-            self.rows.append(
-                Row(
-                    f"burst of {burst} objects → all Dispatched",
-                    f"{ours:.1f} s",
-                    f"{raw:.1f} s for {burst} sequential CreateRoom + CreateDispatch",
-                    f"{ours / raw:.1f}x",
-                    f"from the first write; writing the {burst} objects (8 writers) took {writes:.1f} s of it",
-                )
-            )
-            made = burst
-            op = self.resume_figure(ns, op, burst)
-            for size in large:
-                made = self.grow(ns, op, [size], made)
-                rss, cpu = rss_mib(op.pid), cpu_percent(op.pid, 10)
-                self.rows.append(
-                    Row(
-                        f"operator memory and CPU, {size} objects (steady, sweeping every 5 s)",
-                        f"{rss:.0f} MiB, {cpu:.1f} % CPU",
-                        f"{base_rss:.0f} MiB, {base_cpu:.1f} % CPU at 0 objects",
-                        f"{rss / base_rss:.1f}x memory",
-                        "RSS from /proc; CPU averaged over 10 s, % of one core",
-                    )
-                )
-        finally:
-            op.stop()
-            self.discard(ns, f"bench-calls-{ns}-")
-
-
-def rss_mib(pid: int | None) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_seconds(pid: int | None) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_percent(pid: int | None, window: float) -> float:
-    before = cpu_seconds(pid)
-    time.sleep(window)
-    return 100.0 * (cpu_seconds(pid) - before) / window
 
 
 def log_limiter_figure(quick: bool) -> list[Row]:
@@ -624,8 +552,9 @@ def table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-async def main_async(quick: bool, only: list[str]) -> str:
+async def main_async(args: argparse.Namespace) -> str:
     quiet_dev_secret_warning()
+    only, quick = args.only, args.quick
     stack = Stack(devstack_dir())
     started = not stack.any_running()
     env = stack.up()
@@ -646,8 +575,25 @@ async def main_async(quick: bool, only: list[str]) -> str:
         for name, fn in figures.items():
             if not only or name in only:
                 await fn()
+        if not only or "agent" in only:
+            from loqua_devstack.bench_agent import agent_latency_figure
+
+            await agent_latency_figure(bench, say)
         if not only or "sweep" in only:
             await asyncio.to_thread(bench.calls_per_sweep)
+        if not only or "scale" in only:
+            from loqua_devstack.bench_scale import ScaleBench, curve_sizes
+
+            scale = ScaleBench(
+                bench,
+                curve_sizes(args.scale, quick),
+                sweeps=args.sweeps or (5 if quick else 60),
+                sweep_ms=args.sweep_ms,
+                plot=Path(args.plot) if args.plot else None,
+                say=say,
+            )
+            await asyncio.to_thread(scale.run)
+            bench.curve = scale.curve_table()
         if not only or "logs" in only:
             bench.rows.extend(log_limiter_figure(quick))
         if "scaling" in only:  # the cluster part: needs the local node (root); only when asked for
@@ -676,7 +622,10 @@ async def main_async(quick: bool, only: list[str]) -> str:
     finally:
         if started:
             stack.down()
-    return table(bench.rows)
+    out = table(bench.rows)
+    if bench.curve:
+        out += "\n\nThe curve (operator memory, CPU and work per sweep as objects grow):\n\n" + bench.curve
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -686,14 +635,40 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         action="append",
         default=[],
-        choices=["latency", "storm", "webhook", "api", "sweep", "logs", "scaling"],
-        help="run only this figure (repeatable); sweep = calls per sweep, the burst, memory and CPU;"
+        choices=["latency", "storm", "webhook", "api", "agent", "sweep", "scale", "logs", "scaling"],
+        help="run only this figure (repeatable); agent = apply → tutor agent in the room (a real worker);"
+        " sweep = calls per sweep at 10 and 100 objects; scale = the burst against no operator, API writes"
+        " per object, resume, and the curve of memory/CPU/work per sweep at 1,000 and 10,000 objects;"
         " scaling = the cluster part (local node, `make bench-cluster`), never in the default run",
+    )
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=int(os.environ.get("LOQUA_BENCH_SCALE", "10000")),
+        help="largest size of the curve (default 10000, env LOQUA_BENCH_SCALE); 50000 adds that row"
+        " (about half an hour on 2 cores: the API server takes ~80 writes/s)",
+    )
+    parser.add_argument(
+        "--sweeps",
+        type=int,
+        default=0,
+        help="steady sweeps measured per size (default 60, an hour of the default 60 s period; --quick: 5)",
+    )
+    parser.add_argument(
+        "--sweep-ms", type=int, default=1000, help="the operator's CLEANUP_INTERVAL_MS in the scale part"
+    )
+    parser.add_argument(
+        "--plot",
+        default=None,
+        help="PNG of memory against objects (default docs/operator-memory.png; --quick: next to --out)",
     )
     parser.add_argument("--out", default="bench-results.md", help="also write the table here")
     args = parser.parse_args(argv)
+    if args.plot is None:
+        beside_out = Path(args.out).with_name("operator-memory.png")
+        args.plot = str(beside_out if args.quick else ROOT / "docs" / "operator-memory.png")
     t0 = time.monotonic()
-    result = asyncio.run(main_async(args.quick, args.only))
+    result = asyncio.run(main_async(args))
     header = (
         f"Benchmarks (`make bench`), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{time.monotonic() - t0:.0f} s\n\n"

@@ -1,0 +1,432 @@
+"""`make bench`'s scale part (issue 15): a burst against the same burst with no operator, Kubernetes
+writes per bound object as the API server counted them, resume over many bound objects, and the
+curve of memory, CPU, writes and LiveKit calls per sweep as objects grow (with a PNG of memory).
+
+Every figure has its baseline in the same run: the burst against writing the same objects with no
+operator running (same 8 writers); writes against that burst's own writes; memory against the idle
+operator; calls and writes per sweep against one per object.
+
+Readings never load the API server: progress comes from the operator's ``/metrics``
+(``loqua_operator_objects`` by phase), and one paged LIST confirms what it says at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import kubernetes
+
+from loqua_devstack import bench_readings as readings
+from loqua_devstack.bench import Row
+from loqua_devstack.services import ServiceProcess, wait_for
+
+GROUP, VERSION, PLURAL = "agents.loqua.app", "v1alpha1", "agentdispatches"
+SWEEP = "loqua_operator_sweep_duration_seconds_count"
+LIVEKIT = "loqua_operator_livekit_requests_total"
+WARM_UP = 50  # objects written (untimed) before the baseline burst
+LIVEKIT_WRITES = ("CreateRoom", "CreateDispatch", "DeleteDispatch", "DeleteRoom")
+
+
+def curve_sizes(scale: int, quick: bool) -> list[int]:
+    """Sizes of the curve: 1,000 and 10,000 objects, up to ``scale`` (``--quick``: 300)."""
+    if quick:
+        return [min(300, scale)]
+    sizes = [s for s in (1000, 10000) if s <= scale]
+    return [*sizes, scale] if scale > sizes[-1] else sizes
+
+
+@dataclass
+class Point:
+    """One size on the curve, read from one operator process."""
+
+    objects: int
+    how: str  # "after a burst" / "restarted" / "idle"
+    rss_mib: float
+    hwm_mib: float
+    cpu_percent: float = float("nan")  # % of one core over the steady window
+    writes_per_sweep: float = float("nan")  # agentdispatches writes per sweep (API server's count)
+    calls_per_sweep: float = float("nan")  # LiveKit calls per sweep (the operator's counter)
+    sweeps: int = 0
+    calls: dict[str, float] = field(default_factory=dict)
+    burst_rss_mib: float = float("nan")  # VmRSS right when the burst was all Dispatched
+
+
+def metrics_text(proc: ServiceProcess) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(proc.metrics_url, timeout=10) as resp:
+        return resp.read().decode()
+
+
+def ready(proc: ServiceProcess) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(proc.health_url.replace("/healthz", "/readyz"), timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class ScaleBench:
+    """The scale figures, on a :class:`loqua_devstack.bench.Bench` (its clients, rows and helpers)."""
+
+    def __init__(self, bench, sizes: list[int], sweeps: int, sweep_ms: int, plot: Path | None, say) -> None:  # type: ignore[no-untyped-def]
+        self.bench = bench
+        self.sizes = sizes
+        self.sweeps = sweeps
+        self.sweep_ms = sweep_ms
+        self.plot = plot
+        self.say: Callable[[str], None] = say
+        self.points: list[Point] = []
+
+    # ---- readings ----------------------------------------------------------------------------------
+    def apiserver_writes(self) -> Counter[readings.WriteKey]:
+        """The API server's own write counters for AgentDispatch objects and Events."""
+        resp = self.bench.kube.call_api(
+            "/metrics", "GET", response_type="str", _preload_content=False, _return_http_data_only=True
+        )
+        return readings.api_writes(resp.data.decode())
+
+    def settled_writes(self, before_settle: float = 3.0, timeout: float = 60) -> Counter[readings.WriteKey]:
+        """The write counters once they stopped moving for ``before_settle`` seconds (trailing writes of
+        a burst, such as kopf's last annotation patches and Events, belong to it)."""
+        last, deadline = self.apiserver_writes(), time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(before_settle)
+            now = self.apiserver_writes()
+            if now == last:
+                return now
+            last = now
+        return last
+
+    def dispatched(self, op: ServiceProcess) -> int:
+        return int(readings.value(metrics_text(op), "loqua_operator_objects", phase="Dispatched"))
+
+    def wait_dispatched(self, ns: str, op: ServiceProcess, size: int, timeout: float = 1800) -> None:
+        """Until ``size`` objects are Dispatched: the operator's count first (polled every 0.2 s, no load
+        on the API server), then one paged LIST of the objects as stored confirms it."""
+        t0 = last = time.monotonic()
+
+        def check() -> bool:
+            nonlocal last
+            done = self.dispatched(op)
+            if time.monotonic() - last >= 15:
+                last = time.monotonic()
+                self.say(f"  {done}/{size} Dispatched after {last - t0:.0f} s")
+            return done >= size
+
+        while True:
+            wait_for(check, f"{size} Dispatched (operator's count)", timeout, interval=0.2)
+            stored = self.stored_phases(ns)
+            if stored.get("Dispatched", 0) >= size:
+                return
+            self.say(f"  the operator counts {size} Dispatched, the API server stores {stored}; waiting")
+            time.sleep(1)
+
+    def stored_phases(self, ns: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        token = None
+        while True:
+            page = self.bench.custom.list_namespaced_custom_object(
+                GROUP, VERSION, ns, PLURAL, limit=500, **({"_continue": token} if token else {})
+            )
+            for item in page["items"]:
+                phase = (item.get("status") or {}).get("phase", "none")
+                out[phase] = out.get(phase, 0) + 1
+            token = page["metadata"].get("continue")
+            if not token:
+                return out
+
+    def steady(self, op: ServiceProcess, size: int, how: str, burst_rss: float = float("nan")) -> Point:
+        """``self.sweeps`` complete sweeps after a first one (which may search new rooms for orphans):
+        per sweep the API server's count of AgentDispatch writes and the operator's LiveKit calls; CPU
+        over the window; memory at its end."""
+        text = metrics_text(op)
+        first = readings.value(text, SWEEP)
+        wait_for(lambda: readings.value(metrics_text(op), SWEEP) >= first + 1, "a sweep", 600, interval=0.2)
+        text = metrics_text(op)
+        sweeps0, calls0 = readings.value(text, SWEEP), readings.by_label(text, LIVEKIT, "method")
+        writes0, cpu0, t0 = self.apiserver_writes(), readings.cpu_seconds(op.pid), time.monotonic()
+        last = [t0]
+
+        def swept() -> bool:
+            done = readings.value(metrics_text(op), SWEEP) - sweeps0
+            if time.monotonic() - last[0] >= 15:
+                last[0] = time.monotonic()
+                self.say(f"  {size} objects: {done:.0f}/{self.sweeps} steady sweeps")
+            return done >= self.sweeps
+
+        wait_for(swept, f"{self.sweeps} sweeps", 60 + self.sweeps * max(30, self.sweep_ms / 1000 * 3), interval=0.2)
+        seconds, cpu = time.monotonic() - t0, readings.cpu_seconds(op.pid) - cpu0
+        text = metrics_text(op)
+        sweeps = readings.value(text, SWEEP) - sweeps0
+        calls = {m: v - calls0.get(m, 0) for m, v in readings.by_label(text, LIVEKIT, "method").items()}
+        calls = {m: v for m, v in calls.items() if v}
+        writes = readings.delta(self.apiserver_writes(), writes0)
+        mem = readings.read_memory(op.pid)
+        point = Point(
+            size,
+            how,
+            mem.rss_mib,
+            mem.hwm_mib,
+            100.0 * cpu / seconds,
+            readings.total(writes, "agentdispatches") / sweeps,
+            sum(calls.values()) / sweeps,
+            int(sweeps),
+            calls,
+            burst_rss,
+        )
+        self.points.append(point)
+        self.say(
+            f"  {size} objects ({how}): VmRSS {mem.rss_mib:.0f} MiB, VmHWM {mem.hwm_mib:.0f} MiB, "
+            f"{point.cpu_percent:.1f} % CPU, {point.writes_per_sweep:.2f} writes and "
+            f"{point.calls_per_sweep:.2f} LiveKit calls per sweep over {sweeps:.0f} sweeps"
+        )
+        return point
+
+    # ---- scenario ----------------------------------------------------------------------------------
+    def operator(self, ns: str, tag: str) -> ServiceProcess:
+        return self.bench.operator(ns, tag, CLEANUP_INTERVAL_MS=str(self.sweep_ms), WEBHOOK_PORT="0")
+
+    def baseline_burst(self, n: int) -> tuple[float, Counter[readings.WriteKey]]:
+        """Seconds to write ``n`` objects with no operator running, and the writes the server counted."""
+        ns = self.bench.namespace()
+        self.say(f"baseline: {n} objects written by the same 8 writers, no operator running")
+        try:
+            self.bench.create_burst(ns, range(n, n + WARM_UP))  # the first writes of a run are slower
+            before = self.apiserver_writes()
+            t0 = time.perf_counter()
+            self.bench.create_burst(ns, range(n))
+            seconds = time.perf_counter() - t0
+            writes = readings.delta(self.settled_writes(), before)
+        finally:
+            self.drop_plain(ns)
+        return seconds, writes
+
+    def drop_plain(self, ns: str) -> None:
+        """Delete a namespace of objects without finalizers, and wait until it is gone (so that its
+        deletion does not load the API server during the next figure)."""
+        self.bench.core.delete_namespace(ns)
+
+        def gone() -> bool:
+            try:
+                self.bench.core.read_namespace(ns)
+            except kubernetes.client.ApiException as exc:
+                return exc.status == 404
+            return False
+
+        wait_for(gone, f"namespace {ns} deleted", 600, interval=1)
+
+    def run(self) -> None:
+        first = self.sizes[0]
+        base_seconds, base_writes = self.baseline_burst(first)
+        ns = self.bench.namespace()
+        op = self.operator(ns, "scale")
+        try:
+            time.sleep(2 * self.sweep_ms / 1000 + 1)
+            idle = readings.read_memory(op.pid)
+            cpu0 = readings.cpu_seconds(op.pid)
+            time.sleep(10)
+            idle_cpu = 10.0 * (readings.cpu_seconds(op.pid) - cpu0)
+            self.points.append(Point(0, "idle", idle.rss_mib, idle.hwm_mib, idle_cpu))
+            self.say(f"idle operator: VmRSS {idle.rss_mib:.0f} MiB, VmHWM {idle.hwm_mib:.0f} MiB, {idle_cpu:.1f} % CPU")
+
+            self.say(f"a burst of {first} objects with the operator running (same 8 writers)")
+            before, cpu0 = self.apiserver_writes(), readings.cpu_seconds(op.pid)
+            t0 = time.perf_counter()
+            self.bench.create_burst(ns, range(first))
+            written = time.perf_counter() - t0
+            self.wait_dispatched(ns, op, first)
+            ours = time.perf_counter() - t0
+            burst_cpu = readings.cpu_seconds(op.pid) - cpu0
+            burst_rss = readings.read_memory(op.pid).rss_mib
+            writes = readings.delta(self.settled_writes(), before)
+            self.burst_rows(first, ours, written, base_seconds, writes, base_writes, burst_cpu)
+            self.steady(op, first, "after a burst", burst_rss)
+            made = first
+            for size in self.sizes[1:]:
+                more = size - made
+                self.say(f"growing to {size} objects (a burst of {more})")
+                before, cpu0 = self.apiserver_writes(), readings.cpu_seconds(op.pid)
+                t0 = time.perf_counter()
+                self.bench.create_burst(ns, range(made, size))
+                written = time.perf_counter() - t0
+                self.wait_dispatched(ns, op, size)
+                ours = time.perf_counter() - t0
+                burst_cpu = readings.cpu_seconds(op.pid) - cpu0
+                burst_rss = readings.read_memory(op.pid).rss_mib
+                writes = readings.delta(self.settled_writes(), before)
+                scale = more / first  # the baseline, scaled to this burst's size
+                base = Counter({k: round(v * scale) for k, v in base_writes.items()})
+                self.burst_rows(more, ours, written, base_seconds * scale, writes, base, burst_cpu, f" (to {size})")
+                made = size
+                self.steady(op, size, "after a burst", burst_rss)
+            op = self.resume(ns, op, made)
+            self.steady(op, made, "restarted")
+        finally:
+            op.stop()
+            self.say(f"dropping {ns} (finalizers stripped with the operator stopped)")
+            self.bench.discard(ns, f"bench-calls-{ns}-")
+        if self.plot:
+            self.draw(self.plot)
+            self.say(f"memory plot written to {self.plot}")
+
+    def burst_rows(
+        self,
+        n: int,
+        ours: float,
+        written: float,
+        base: float,
+        writes: Counter[readings.WriteKey],
+        base_writes: Counter[readings.WriteKey],
+        cpu: float,
+        grown: str = "",
+    ) -> None:
+        """Rows of one burst: time to all Dispatched against writing the objects with no operator, and
+        the API writes per bound object beyond those of the writes themselves. ``grown``: a burst on
+        top of objects already bound, against the first baseline scaled to its size."""
+        scaled = " (the 1,000 baseline scaled)" if grown else ""
+        self.bench.rows.append(
+            Row(
+                f"burst of {n} objects{grown} → all Dispatched",
+                f"{ours:.1f} s",
+                f"{base:.1f} s to write them with no operator{scaled}",
+                f"{ours / base:.2f}x",
+                f"same 8 writers, same run; with the operator the writes alone took {written:.1f} s; "
+                f"operator CPU {cpu:.1f} s ({1000 * cpu / n:.1f} ms per object)",
+            )
+        )
+        operator = readings.delta(writes, base_writes)  # the burst's own POSTs cancel out
+        extra = Counter({k: v for k, v in operator.items() if v > 0})
+        ad, ev = readings.total(extra, "agentdispatches"), readings.total(extra, "events")
+        creates = max(1, readings.total(base_writes, "agentdispatches"))
+        self.bench.rows.append(
+            Row(
+                f"Kubernetes API writes per bound object, burst of {n}{grown}",
+                f"{ad / n:.2f} by the operator",
+                f"{creates / n:.2f} (the create itself, no operator)",
+                f"{(creates + ad) / creates:.2f}x",
+                "apiserver_request_total on agentdispatches(/status) beyond the burst's own creates: "
+                + readings.describe(Counter({k: v for k, v in extra.items() if k[0] == "agentdispatches"}), n),
+            )
+        )
+        self.bench.rows.append(
+            Row(
+                f"Events written per bound object, burst of {n}{grown}",
+                f"{ev / n:.2f}",
+                f"{readings.total(base_writes, 'events') / n:.2f} with no operator",
+                "-",
+                "apiserver_request_total on events: "
+                + readings.describe(Counter({k: v for k, v in extra.items() if k[0] == "events"}), n),
+            )
+        )
+
+    def resume(self, ns: str, op: ServiceProcess, n: int) -> ServiceProcess:
+        """Restart the operator over ``n`` bound objects: until ready (/readyz) and until its first
+        sweep checked every object (the sweep runs only once the index holds the full listing);
+        LiveKit calls and Kubernetes writes meanwhile."""
+        self.say(f"resume: restarting the operator over {n} bound objects")
+        op.stop()
+        before = self.apiserver_writes()
+        t0 = time.perf_counter()
+        op = self.bench.operator_unstarted(  # the same Lease: the stopped operator released it
+            ns, "scale-resume", LEASE_NAME="bench-scale", CLEANUP_INTERVAL_MS=str(self.sweep_ms), WEBHOOK_PORT="0"
+        )
+        op.start()
+        wait_for(lambda: ready(op), "the restarted operator ready", 600, interval=0.05)
+        t_ready = time.perf_counter() - t0
+        wait_for(lambda: readings.value(metrics_text(op), SWEEP) >= 1, "its first sweep", 600, interval=0.05)
+        t_checked = time.perf_counter() - t0
+        text = metrics_text(op)
+        calls = {m: v for m, v in readings.by_label(text, LIVEKIT, "method").items() if v}
+        binds = readings.value(text, "loqua_operator_reconcile_duration_seconds_count", handler="bind")
+        writes = readings.delta(self.settled_writes(), before)
+        mem = readings.read_memory(op.pid)
+        made = sum(calls.get(m, 0) for m in LIVEKIT_WRITES)
+        self.bench.rows += [
+            Row(
+                f"resume over {n} bound objects: ready, all checked",
+                f"ready {t_ready:.1f} s, checked {t_checked:.1f} s",
+                "goal: within 30 s",
+                f"{t_checked / 30:.2f}x of the goal",
+                f"restart → /readyz 200, → first sweep done (every object against one ListRooms); "
+                f"{binds:.0f} resume handler calls by then; VmRSS {mem.rss_mib:.0f} MiB, VmHWM {mem.hwm_mib:.0f} MiB",
+            ),
+            Row(
+                f"LiveKit calls on resume, {n} bound objects",
+                f"{calls.get('ListRooms', 0):.0f} ListRooms, {made:.0f} writes",
+                f"{n} (one call per object)",
+                f"{sum(calls.values()) / n:.4f}x",
+                "until the first sweep is done: " + (", ".join(f"{m} {v:.0f}" for m, v in sorted(calls.items()))),
+            ),
+            Row(
+                f"Kubernetes writes on resume, {n} bound objects",
+                f"{readings.total(writes, 'agentdispatches')}",
+                f"{n} (one per object)",
+                f"{readings.total(writes, 'agentdispatches') / n:.4f}x",
+                f"apiserver_request_total until the writes settle: {readings.describe(writes)}",
+            ),
+        ]
+        self.say(f"  ready after {t_ready:.1f} s, all checked after {t_checked:.1f} s; LiveKit {calls}")
+        return op
+
+    def curve_table(self) -> str:
+        """The curve: one line per size and operator process, the idle operator first (the baseline of
+        memory and CPU; one write and one call per object is the baseline of the per-sweep columns)."""
+        idle = next(p for p in self.points if p.how == "idle")
+        out = [
+            "| objects | operator | VmRSS after the burst | VmRSS steady | VmHWM (peak) | KiB/object above idle "
+            "| CPU, % of a core | status writes/sweep | LiveKit calls/sweep |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+
+        def mib(v: float) -> str:
+            return "-" if v != v else f"{v:.0f} MiB"  # NaN: not measured for this line
+
+        for p in self.points:
+            per_object = "-" if not p.objects else f"{(p.rss_mib - idle.rss_mib) * 1024 / p.objects:.1f}"
+            per_sweep = "-" if not p.sweeps else f"{p.writes_per_sweep:.2f}"
+            calls = "-" if not p.sweeps else f"{p.calls_per_sweep:.2f}"
+            out.append(
+                f"| {p.objects} | {p.how} | {mib(p.burst_rss_mib)} | {mib(p.rss_mib)} | {mib(p.hwm_mib)} | "
+                f"{per_object} | {p.cpu_percent:.1f} | {per_sweep} | {calls} |"
+            )
+        return "\n".join(out) + (
+            f"\n\nSteady = after {self.sweeps} sweeps every {self.sweep_ms / 1000:g} s (CPU over them); status writes"
+            " per sweep as the API server counted them (apiserver_request_total on agentdispatches);"
+            " LiveKit calls per sweep from loqua_operator_livekit_requests_total."
+        )
+
+    def draw(self, path: Path) -> None:
+        """Memory against objects: VmRSS and VmHWM after bursts, and of the restarted operator."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        grown = [p for p in self.points if p.how in ("idle", "after a burst")]
+        restarted = [p for p in self.points if p.how == "restarted"]
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        xs = [p.objects for p in grown]
+        ax.plot(xs, [p.rss_mib for p in grown], "o-", label="VmRSS after bursts, steady sweeps")
+        ax.plot(xs, [p.hwm_mib for p in grown], "s--", label="VmHWM (peak) of that process")
+        if restarted:
+            ax.plot([p.objects for p in restarted], [p.rss_mib for p in restarted], "^", ms=9, label="VmRSS, restarted")
+            ax.plot([p.objects for p in restarted], [p.hwm_mib for p in restarted], "v", ms=9, label="VmHWM, restarted")
+        ax.set_xlabel("AgentDispatch objects bound")
+        ax.set_ylabel("operator memory (MiB)")
+        ax.set_title(f"loqua-operator memory against objects ({time.strftime('%Y-%m-%d', time.gmtime())})")
+        ax.set_ylim(bottom=0)
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+        plt.close(fig)

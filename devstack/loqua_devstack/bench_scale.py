@@ -416,6 +416,9 @@ class ScaleBench:
         xs = [p.objects for p in grown]
         ax.plot(xs, [p.rss_mib for p in grown], "o-", label="VmRSS after bursts, steady sweeps")
         ax.plot(xs, [p.hwm_mib for p in grown], "s--", label="VmHWM (peak) of that process")
+        bursts = [p for p in grown if p.burst_rss_mib == p.burst_rss_mib]  # not NaN
+        after = [p.burst_rss_mib for p in bursts]
+        ax.plot([p.objects for p in bursts], after, "x", ms=9, label="VmRSS right after a burst")
         if restarted:
             ax.plot([p.objects for p in restarted], [p.rss_mib for p in restarted], "^", ms=9, label="VmRSS, restarted")
             ax.plot([p.objects for p in restarted], [p.hwm_mib for p in restarted], "v", ms=9, label="VmHWM, restarted")

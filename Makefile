@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: help venv binaries test test-unit test-integration test-cluster test-monitoring demo demo-cluster up down \
         devstack-up devstack-down status lint format bench bench-cluster clean image cluster cluster-down
@@ -25,7 +26,7 @@ help:
 	@echo "make demo-cluster   the main scenario on the cluster with monitoring, plus a fault that pages"
 	@echo "make cluster-down   stop all of it: node, containers, mounts, bridge, stack"
 	@echo "make lint           ruff check + format check"
-	@echo "make bench          benchmarks against baselines measured in the same run"
+	@echo "make bench          benchmarks against baselines measured in the same run (BENCH_ARGS=\"--scale 50000\": the 50,000 row)"
 	@echo "make bench-cluster  demand scaling on the local node: time to serve 6 learners, pod-seconds (root)"
 
 venv: $(STAMP)
@@ -99,7 +100,7 @@ clean:
 	rm -rf .devstack .pytest_cache .ruff_cache
 
 bench: venv binaries
-	@$(BIN)/python -m loqua_devstack.bench --out bench-results.md
+	@$(BIN)/python -m loqua_devstack.bench --out bench-results.md $(BENCH_ARGS)
 
 # The cluster part of the bench (demand scaling on the local node; root): see docs in README.
 bench-cluster: venv binaries

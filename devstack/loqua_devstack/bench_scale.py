@@ -89,7 +89,7 @@ class ScaleBench:
     def apiserver_writes(self) -> Counter[readings.WriteKey]:
         """The API server's own write counters for AgentDispatch objects and Events."""
         resp = self.bench.kube.call_api(
-            "/metrics", "GET", response_type="str", _preload_content=False, _return_http_data_only=True
+            "/metrics", "GET", _preload_content=False, _return_http_data_only=True, _request_timeout=30
         )
         return readings.api_writes(resp.data.decode())
 
@@ -162,7 +162,7 @@ class ScaleBench:
                 self.say(f"  {size} objects: {done:.0f}/{self.sweeps} steady sweeps")
             return done >= self.sweeps
 
-        wait_for(swept, f"{self.sweeps} sweeps", 60 + self.sweeps * max(30, self.sweep_ms / 1000 * 3), interval=0.2)
+        wait_for(swept, f"{self.sweeps} sweeps", 60 + self.sweeps * max(30, self.sweep_ms / 1000 * 3), interval=1)
         seconds, cpu = time.monotonic() - t0, readings.cpu_seconds(op.pid) - cpu0
         text = metrics_text(op)
         sweeps = readings.value(text, SWEEP) - sweeps0

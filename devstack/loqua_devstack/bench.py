@@ -660,13 +660,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--plot",
         default=None,
-        help="PNG of memory against objects (default docs/operator-memory.png; --quick: next to --out)",
+        help="PNG of memory against objects (default docs/operator-memory.png; --quick: .devstack/bench/)",
     )
     parser.add_argument("--out", default="bench-results.md", help="also write the table here")
     args = parser.parse_args(argv)
     if args.plot is None:
-        beside_out = Path(args.out).with_name("operator-memory.png")
-        args.plot = str(beside_out if args.quick else ROOT / "docs" / "operator-memory.png")
+        quick_plot = devstack_dir() / "bench" / "operator-memory.png"  # a smoke run leaves docs/ alone
+        args.plot = str(quick_plot if args.quick else ROOT / "docs" / "operator-memory.png")
     t0 = time.monotonic()
     result = asyncio.run(main_async(args))
     header = (

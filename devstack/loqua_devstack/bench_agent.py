@@ -5,7 +5,9 @@ One real `loqua-tutor start` worker (process executor, the production default) s
 samples alternate (raw, ours, raw, ...) so drift of the machine affects both alike; after each the
 room is deleted (the agent's job ends) and the next starts after a pause that lets the worker's pool
 of warm job processes refill. "In the room" = livekit-server lists a
-participant of kind AGENT (``ListParticipants``, polled every 10 ms on both sides).
+participant of kind AGENT in state ACTIVE, its media connection up (what a learner can hear;
+``ListParticipants``, polled every 10 ms on both sides). Deleting the room only then also ends the
+agent's job at once (a room deleted under an agent still connecting leaves the job retrying).
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ async def agent_in_room(lk: api.LiveKitAPI, room: str, timeout: float = 60) -> N
     while time.monotonic() < deadline:
         try:
             resp = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
-            if any(p.kind == api.ParticipantInfo.Kind.AGENT for p in resp.participants):
+            if any(
+                p.kind == api.ParticipantInfo.Kind.AGENT and p.state == api.ParticipantInfo.State.ACTIVE
+                for p in resp.participants
+            ):
                 return
         except api.TwirpError as exc:
             if exc.code != "not_found":  # the room does not exist yet
@@ -101,6 +106,6 @@ async def agent_latency_figure(bench, say: Callable[[str], None]) -> None:  # ty
                 f"{o:.0f} ms",
                 f"{r:.0f} ms raw CreateDispatch → agent in the room",
                 f"{o / r:.2f}x, {o - r:+.0f} ms",
-                "loqua-tutor worker (process executor); agent = a participant of kind AGENT in ListParticipants",
+                "loqua-tutor worker (process executor); in the room = kind AGENT, state ACTIVE (ListParticipants)",
             )
         )

@@ -88,10 +88,11 @@ class ScaleBench:
     # ---- readings ----------------------------------------------------------------------------------
     def apiserver_writes(self) -> Counter[readings.WriteKey]:
         """The API server's own write counters for AgentDispatch objects and Events."""
-        resp = self.bench.kube.call_api(
-            "/metrics", "GET", _preload_content=False, _return_http_data_only=True, _request_timeout=30
-        )
-        return readings.api_writes(resp.data.decode())
+        kube = self.bench.kube
+        resp = kube.call_api("GET", f"{kube.configuration.host}/metrics", _request_timeout=30)
+        if resp.status != 200:
+            raise RuntimeError(f"GET /metrics of the API server answered {resp.status} {resp.reason}")
+        return readings.api_writes(resp.read().decode())
 
     def settled_writes(self, before_settle: float = 3.0, timeout: float = 60) -> Counter[readings.WriteKey]:
         """The write counters once they stopped moving for ``before_settle`` seconds (trailing writes of
@@ -343,9 +344,10 @@ class ScaleBench:
         t_ready = time.perf_counter() - t0
         wait_for(lambda: readings.value(metrics_text(op), SWEEP) >= 1, "its first sweep", 600, interval=0.05)
         t_checked = time.perf_counter() - t0
+        binds_at_check = self.resume_calls(op)
+        t_resumed, binds = self.resume_handlers_done(op, n, t0)
         text = metrics_text(op)
         calls = {m: v for m, v in readings.by_label(text, LIVEKIT, "method").items() if v}
-        binds = readings.value(text, "loqua_operator_reconcile_duration_seconds_count", handler="bind")
         writes = readings.delta(self.settled_writes(), before)
         mem = readings.read_memory(op.pid)
         made = sum(calls.get(m, 0) for m in LIVEKIT_WRITES)
@@ -355,8 +357,9 @@ class ScaleBench:
                 f"ready {t_ready:.1f} s, checked {t_checked:.1f} s",
                 "goal: within 30 s",
                 f"{t_checked / 30:.2f}x of the goal",
-                f"restart → /readyz 200, → first sweep done (every object against one ListRooms); "
-                f"{binds:.0f} resume handler calls by then; VmRSS {mem.rss_mib:.0f} MiB, VmHWM {mem.hwm_mib:.0f} MiB",
+                f"restart → /readyz 200, → first sweep done (every object against one ListRooms; "
+                f"{binds_at_check:.0f} of kopf's resume handler calls by then, {binds:.0f} after {t_resumed:.1f} s); "
+                f"VmRSS {mem.rss_mib:.0f} MiB, VmHWM {mem.hwm_mib:.0f} MiB",
             ),
             Row(
                 f"LiveKit calls on resume, {n} bound objects",
@@ -375,6 +378,22 @@ class ScaleBench:
         ]
         self.say(f"  ready after {t_ready:.1f} s, all checked after {t_checked:.1f} s; LiveKit {calls}")
         return op
+
+    @staticmethod
+    def resume_calls(op: ServiceProcess) -> float:
+        return readings.value(metrics_text(op), "loqua_operator_reconcile_duration_seconds_count", handler="bind")
+
+    def resume_handlers_done(self, op: ServiceProcess, n: int, t0: float, quiet: float = 3.0) -> tuple[float, float]:
+        """(seconds since ``t0``, calls) once kopf's resume handler calls reached ``n`` or stopped
+        moving for ``quiet`` seconds (an operator that checks bound objects without them)."""
+        calls, changed = self.resume_calls(op), time.perf_counter()
+        deadline = changed + 600
+        while calls < n and time.perf_counter() - changed < quiet and time.perf_counter() < deadline:
+            time.sleep(0.1)
+            now = self.resume_calls(op)
+            if now != calls:
+                calls, changed = now, time.perf_counter()
+        return changed - t0, calls
 
     def curve_table(self) -> str:
         """The curve: one line per size and operator process, the idle operator first (the baseline of

@@ -12,6 +12,8 @@ Readings never load the API server: progress comes from the operator's ``/metric
 
 from __future__ import annotations
 
+import os
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,6 +39,18 @@ def curve_sizes(scale: int, quick: bool) -> list[int]:
         return [min(300, scale)]
     sizes = [s for s in (1000, 10000) if s <= scale]
     return [*sizes, scale] if scale > sizes[-1] else sizes
+
+
+@dataclass(frozen=True)
+class Burst:
+    objects: int  # written in this burst
+    size: int  # objects bound after it
+    seconds: float  # first write → all Dispatched
+    written: float  # first write → last write acknowledged
+    cpu: float  # operator CPU seconds meanwhile
+    rss_mib: float  # operator VmRSS when all were Dispatched
+    writes: Counter[readings.WriteKey]  # the API server's count, until it settled
+    load: float  # the machine's 1-minute load average when it began
 
 
 @dataclass
@@ -195,20 +209,22 @@ class ScaleBench:
     def operator(self, ns: str, tag: str) -> ServiceProcess:
         return self.bench.operator(ns, tag, CLEANUP_INTERVAL_MS=str(self.sweep_ms), WEBHOOK_PORT="0")
 
-    def baseline_burst(self, n: int) -> tuple[float, Counter[readings.WriteKey]]:
-        """Seconds to write ``n`` objects with no operator running, and the writes the server counted."""
+    def baseline_burst(self, n: int) -> tuple[float, Counter[readings.WriteKey], float]:
+        """Seconds to write ``n`` objects with no operator running, the writes the server counted, and
+        the machine's load average when it began."""
         ns = self.bench.namespace()
         self.say(f"baseline: {n} objects written by the same 8 writers, no operator running")
         try:
             self.bench.create_burst(ns, range(n, n + WARM_UP))  # the first writes of a run are slower
-            before = self.apiserver_writes()
+            before, load = self.apiserver_writes(), os.getloadavg()[0]
             t0 = time.perf_counter()
             self.bench.create_burst(ns, range(n))
             seconds = time.perf_counter() - t0
             writes = readings.delta(self.settled_writes(), before)
         finally:
             self.drop_plain(ns)
-        return seconds, writes
+        self.say(f"  {n} objects written in {seconds:.1f} s with no operator (load average {load:.1f})")
+        return seconds, writes, load
 
     def drop_plain(self, ns: str) -> None:
         """Delete a namespace of objects without finalizers, and wait until it is gone (so that its
@@ -224,11 +240,26 @@ class ScaleBench:
 
         wait_for(gone, f"namespace {ns} deleted", 600, interval=1)
 
+    def burst(self, ns: str, op: ServiceProcess, made: int, size: int) -> Burst:
+        """Objects ``made..size`` written by the 8 writers, until all ``size`` are Dispatched."""
+        before, cpu0, load = self.apiserver_writes(), readings.cpu_seconds(op.pid), os.getloadavg()[0]
+        t0 = time.perf_counter()
+        self.bench.create_burst(ns, range(made, size))
+        written = time.perf_counter() - t0
+        self.wait_dispatched(ns, op, size)
+        seconds = time.perf_counter() - t0
+        cpu = readings.cpu_seconds(op.pid) - cpu0
+        rss = readings.read_memory(op.pid).rss_mib
+        writes = readings.delta(self.settled_writes(), before)
+        self.say(f"  {size - made} objects Dispatched {seconds:.1f} s after the first write (writes: {written:.1f} s)")
+        return Burst(size - made, size, seconds, written, cpu, rss, writes, load)
+
     def run(self) -> None:
-        first = self.sizes[0]
-        base_seconds, base_writes = self.baseline_burst(first)
+        first, start = self.sizes[0], len(self.bench.rows)
+        baselines = [self.baseline_burst(first)]
         ns = self.bench.namespace()
         op = self.operator(ns, "scale")
+        bursts: list[Burst] = []
         try:
             time.sleep(2 * self.sweep_ms / 1000 + 1)
             idle = readings.read_memory(op.pid)
@@ -237,77 +268,55 @@ class ScaleBench:
             idle_cpu = 10.0 * (readings.cpu_seconds(op.pid) - cpu0)
             self.points.append(Point(0, "idle", idle.rss_mib, idle.hwm_mib, idle_cpu))
             self.say(f"idle operator: VmRSS {idle.rss_mib:.0f} MiB, VmHWM {idle.hwm_mib:.0f} MiB, {idle_cpu:.1f} % CPU")
-
-            self.say(f"a burst of {first} objects with the operator running (same 8 writers)")
-            before, cpu0 = self.apiserver_writes(), readings.cpu_seconds(op.pid)
-            t0 = time.perf_counter()
-            self.bench.create_burst(ns, range(first))
-            written = time.perf_counter() - t0
-            self.wait_dispatched(ns, op, first)
-            ours = time.perf_counter() - t0
-            burst_cpu = readings.cpu_seconds(op.pid) - cpu0
-            burst_rss = readings.read_memory(op.pid).rss_mib
-            writes = readings.delta(self.settled_writes(), before)
-            self.burst_rows(first, ours, written, base_seconds, writes, base_writes, burst_cpu)
-            self.steady(op, first, "after a burst", burst_rss)
-            made = first
-            for size in self.sizes[1:]:
-                more = size - made
-                self.say(f"growing to {size} objects (a burst of {more})")
-                before, cpu0 = self.apiserver_writes(), readings.cpu_seconds(op.pid)
-                t0 = time.perf_counter()
-                self.bench.create_burst(ns, range(made, size))
-                written = time.perf_counter() - t0
-                self.wait_dispatched(ns, op, size)
-                ours = time.perf_counter() - t0
-                burst_cpu = readings.cpu_seconds(op.pid) - cpu0
-                burst_rss = readings.read_memory(op.pid).rss_mib
-                writes = readings.delta(self.settled_writes(), before)
-                scale = more / first  # the baseline, scaled to this burst's size
-                base = Counter({k: round(v * scale) for k, v in base_writes.items()})
-                self.burst_rows(more, ours, written, base_seconds * scale, writes, base, burst_cpu, f" (to {size})")
+            made = 0
+            for size in self.sizes:
+                self.say(f"a burst of {size - made} objects with the operator running (same 8 writers), to {size}")
+                bursts.append(self.burst(ns, op, made, size))
                 made = size
-                self.steady(op, size, "after a burst", burst_rss)
+                self.steady(op, size, "after a burst", bursts[-1].rss_mib)
             op = self.resume(ns, op, made)
             self.steady(op, made, "restarted")
         finally:
             op.stop()
             self.say(f"dropping {ns} (finalizers stripped with the operator stopped)")
             self.bench.discard(ns, f"bench-calls-{ns}-")
+        baselines.append(self.baseline_burst(first))  # again at the end: the machine's load drifts
+        # The bursts' rows go before the resume rows (the baselines were complete only now).
+        self.bench.rows[start:start] = [row for burst in bursts for row in self.burst_rows(burst, baselines)]
         if self.plot:
             self.draw(self.plot)
             self.say(f"memory plot written to {self.plot}")
 
-    def burst_rows(
-        self,
-        n: int,
-        ours: float,
-        written: float,
-        base: float,
-        writes: Counter[readings.WriteKey],
-        base_writes: Counter[readings.WriteKey],
-        cpu: float,
-        grown: str = "",
-    ) -> None:
-        """Rows of one burst: time to all Dispatched against writing the objects with no operator, and
-        the API writes per bound object beyond those of the writes themselves. ``grown``: a burst on
-        top of objects already bound, against the first baseline scaled to its size."""
-        scaled = " (the 1,000 baseline scaled)" if grown else ""
-        self.bench.rows.append(
+    def burst_rows(self, burst: Burst, baselines: list[tuple[float, Counter[readings.WriteKey], float]]) -> list[Row]:
+        """Rows of one burst: time to all Dispatched against writing the objects with no operator (the
+        mean of the baseline bursts before and after, scaled to this burst's size), and the API writes
+        per bound object beyond those of the writes themselves."""
+        n = burst.objects
+        base_n = self.sizes[0]
+        scale = n / base_n
+        base = statistics.mean(b[0] for b in baselines) * scale
+        base_writes = Counter({k: round(v * scale) for k, v in baselines[0][1].items()})
+        grown = f" (to {burst.size})" if burst.size != n else ""
+        rows: list[Row] = []
+        each = ", ".join(f"{b[0]:.1f} s (load {b[2]:.1f})" for b in baselines)
+        rows.append(
             Row(
                 f"burst of {n} objects{grown} → all Dispatched",
-                f"{ours:.1f} s",
-                f"{base:.1f} s to write them with no operator{scaled}",
-                f"{ours / base:.2f}x",
-                f"same 8 writers, same run; with the operator the writes alone took {written:.1f} s; "
-                f"operator CPU {cpu:.1f} s ({1000 * cpu / n:.1f} ms per object)",
+                f"{burst.seconds:.1f} s",
+                f"{base:.1f} s to write them with no operator",
+                f"{burst.seconds / base:.2f}x",
+                f"same 8 writers; baseline = mean of {base_n} objects written before and after"
+                f"{' scaled to ' + str(n) if grown else ''}: {each}; with the operator (load {burst.load:.1f}) "
+                f"the writes alone took {burst.written:.1f} s; operator CPU {burst.cpu:.1f} s "
+                f"({1000 * burst.cpu / n:.1f} ms per object)",
             )
         )
+        writes = burst.writes
         operator = readings.delta(writes, base_writes)  # the burst's own POSTs cancel out
         extra = Counter({k: v for k, v in operator.items() if v > 0})
         ad, ev = readings.total(extra, "agentdispatches"), readings.total(extra, "events")
         creates = max(1, readings.total(base_writes, "agentdispatches"))
-        self.bench.rows.append(
+        rows.append(
             Row(
                 f"Kubernetes API writes per bound object, burst of {n}{grown}",
                 f"{ad / n:.2f} by the operator",
@@ -317,7 +326,7 @@ class ScaleBench:
                 + readings.describe(Counter({k: v for k, v in extra.items() if k[0] == "agentdispatches"}), n),
             )
         )
-        self.bench.rows.append(
+        rows.append(
             Row(
                 f"Events written per bound object, burst of {n}{grown}",
                 f"{ev / n:.2f}",
@@ -327,6 +336,7 @@ class ScaleBench:
                 + readings.describe(Counter({k: v for k, v in extra.items() if k[0] == "events"}), n),
             )
         )
+        return rows
 
     def resume(self, ns: str, op: ServiceProcess, n: int) -> ServiceProcess:
         """Restart the operator over ``n`` bound objects: until ready (/readyz) and until its first

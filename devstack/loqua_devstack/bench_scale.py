@@ -41,7 +41,7 @@ def curve_sizes(scale: int, quick: bool) -> list[int]:
     return [*sizes, scale] if scale > sizes[-1] else sizes
 
 
-@dataclass(frozen=True)
+@dataclass
 class Burst:
     objects: int  # written in this burst
     size: int  # objects bound after it
@@ -51,6 +51,7 @@ class Burst:
     rss_mib: float  # operator VmRSS when all were Dispatched
     writes: Counter[readings.WriteKey]  # the API server's count, until it settled
     load: float  # the machine's 1-minute load average when it began
+    restarts: list[str] = field(default_factory=list)  # why the operator exited meanwhile, if it did
 
 
 @dataclass
@@ -87,6 +88,69 @@ def ready(proc: ServiceProcess) -> bool:
         return False
 
 
+class Supervised:
+    """The operator as its Deployment runs it: a process that exits (it steps down when it cannot renew
+    its Lease within the renew deadline, as on a machine this loaded) is started again, and the bench
+    keeps the reason for its rows."""
+
+    def __init__(
+        self,
+        start: Callable[[], ServiceProcess],
+        log_file: Path,
+        say: Callable[[str], None],
+        first: Callable[[], ServiceProcess] | None = None,
+    ) -> None:
+        """``start`` starts the process and waits until it is ready; ``first``, when given, starts it
+        the first time instead (a caller that times the start itself)."""
+        self._start = start
+        self._log_file = log_file
+        self._say = say
+        self._log_from = self._log_size()  # the log is appended to: this process's lines begin here
+        self.proc = (first or start)()
+        self.restarts: list[str] = []
+
+    def _log_size(self) -> int:
+        return self._log_file.stat().st_size if self._log_file.exists() else 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid
+
+    def text(self) -> str:
+        """The operator's /metrics; a dead process is restarted first, a slow one asked again."""
+        for attempt in range(6):
+            try:
+                return metrics_text(self.proc)
+            except OSError:
+                if self.proc.alive():
+                    if attempt == 5:
+                        raise
+                    time.sleep(1)
+                    continue
+                self.restart()
+        raise RuntimeError(f"the operator keeps exiting: {self.restarts[-3:]} (see {self.proc.log_file})")
+
+    def restart(self) -> None:
+        with self._log_file.open("rb") as log:
+            log.seek(self._log_from)
+            lines = log.read().decode(errors="replace").splitlines()
+        errors = [line.split("] ", 5)[-1] for line in lines if "[ERROR]" in line]
+        code = self.proc.proc.poll() if self.proc.proc else None
+        reason = (errors[0][:160] + f" (exit code {code})") if errors else f"exit code {code}"
+        self.restarts.append(reason)
+        self._say(f"  the operator exited: {reason}; starting it again, as its Deployment would")
+        self.proc.stop()
+        self._log_from = self._log_size()
+        self.proc = self._start()
+
+    def cpu_since(self, pid: int | None, cpu0: float) -> float:
+        """CPU seconds of this process since ``cpu0`` was read, NaN when it was restarted meanwhile."""
+        return readings.cpu_seconds(self.pid) - cpu0 if pid == self.pid else float("nan")
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
 class ScaleBench:
     """The scale figures, on a :class:`loqua_devstack.bench.Bench` (its clients, rows and helpers)."""
 
@@ -120,10 +184,10 @@ class ScaleBench:
             last = now
         return last
 
-    def dispatched(self, op: ServiceProcess) -> int:
-        return int(readings.value(metrics_text(op), "loqua_operator_objects", phase="Dispatched"))
+    def dispatched(self, op: Supervised) -> int:
+        return int(readings.value(op.text(), "loqua_operator_objects", phase="Dispatched"))
 
-    def wait_dispatched(self, ns: str, op: ServiceProcess, size: int, timeout: float = 1800) -> None:
+    def wait_dispatched(self, ns: str, op: Supervised, size: int, timeout: float = 1800) -> None:
         """Until ``size`` objects are Dispatched: the operator's count first (polled every 0.2 s, no load
         on the API server), then one paged LIST of the objects as stored confirms it."""
         t0 = last = time.monotonic()
@@ -158,28 +222,28 @@ class ScaleBench:
             if not token:
                 return out
 
-    def steady(self, op: ServiceProcess, size: int, how: str, burst_rss: float = float("nan")) -> Point:
+    def steady(self, op: Supervised, size: int, how: str, burst_rss: float = float("nan")) -> Point:
         """``self.sweeps`` complete sweeps after a first one (which may search new rooms for orphans):
         per sweep the API server's count of AgentDispatch writes and the operator's LiveKit calls; CPU
         over the window; memory at its end."""
-        text = metrics_text(op)
+        text = op.text()
         first = readings.value(text, SWEEP)
-        wait_for(lambda: readings.value(metrics_text(op), SWEEP) >= first + 1, "a sweep", 600, interval=0.2)
-        text = metrics_text(op)
+        wait_for(lambda: readings.value(op.text(), SWEEP) >= first + 1, "a sweep", 600, interval=0.2)
+        text = op.text()
         sweeps0, calls0 = readings.value(text, SWEEP), readings.by_label(text, LIVEKIT, "method")
-        writes0, cpu0, t0 = self.apiserver_writes(), readings.cpu_seconds(op.pid), time.monotonic()
+        pid, writes0, cpu0, t0 = op.pid, self.apiserver_writes(), readings.cpu_seconds(op.pid), time.monotonic()
         last = [t0]
 
         def swept() -> bool:
-            done = readings.value(metrics_text(op), SWEEP) - sweeps0
+            done = readings.value(op.text(), SWEEP) - sweeps0
             if time.monotonic() - last[0] >= 15:
                 last[0] = time.monotonic()
                 self.say(f"  {size} objects: {done:.0f}/{self.sweeps} steady sweeps")
             return done >= self.sweeps
 
         wait_for(swept, f"{self.sweeps} sweeps", 60 + self.sweeps * max(30, self.sweep_ms / 1000 * 3), interval=1)
-        seconds, cpu = time.monotonic() - t0, readings.cpu_seconds(op.pid) - cpu0
-        text = metrics_text(op)
+        seconds, cpu = time.monotonic() - t0, op.cpu_since(pid, cpu0)
+        text = op.text()
         sweeps = readings.value(text, SWEEP) - sweeps0
         calls = {m: v - calls0.get(m, 0) for m, v in readings.by_label(text, LIVEKIT, "method").items()}
         calls = {m: v for m, v in calls.items() if v}
@@ -206,8 +270,12 @@ class ScaleBench:
         return point
 
     # ---- scenario ----------------------------------------------------------------------------------
-    def operator(self, ns: str, tag: str) -> ServiceProcess:
-        return self.bench.operator(ns, tag, CLEANUP_INTERVAL_MS=str(self.sweep_ms), WEBHOOK_PORT="0")
+    def log(self, tag: str) -> Path:
+        return self.bench.logs / f"operator-{tag}.log"  # where Bench.operator_unstarted writes it
+
+    def operator(self, ns: str, tag: str) -> Supervised:
+        env = {"CLEANUP_INTERVAL_MS": str(self.sweep_ms), "WEBHOOK_PORT": "0", "LEASE_NAME": f"bench-{tag}"}
+        return Supervised(lambda: self.bench.operator(ns, tag, **env), self.log(tag), self.say)
 
     def baseline_burst(self, n: int) -> tuple[float, Counter[readings.WriteKey], float]:
         """Seconds to write ``n`` objects with no operator running, the writes the server counted, and
@@ -240,19 +308,20 @@ class ScaleBench:
 
         wait_for(gone, f"namespace {ns} deleted", 600, interval=1)
 
-    def burst(self, ns: str, op: ServiceProcess, made: int, size: int) -> Burst:
+    def burst(self, ns: str, op: Supervised, made: int, size: int) -> Burst:
         """Objects ``made..size`` written by the 8 writers, until all ``size`` are Dispatched."""
+        pid, restarts = op.pid, len(op.restarts)
         before, cpu0, load = self.apiserver_writes(), readings.cpu_seconds(op.pid), os.getloadavg()[0]
         t0 = time.perf_counter()
         self.bench.create_burst(ns, range(made, size))
         written = time.perf_counter() - t0
         self.wait_dispatched(ns, op, size)
         seconds = time.perf_counter() - t0
-        cpu = readings.cpu_seconds(op.pid) - cpu0
+        cpu = op.cpu_since(pid, cpu0)
         rss = readings.read_memory(op.pid).rss_mib
         writes = readings.delta(self.settled_writes(), before)
         self.say(f"  {size - made} objects Dispatched {seconds:.1f} s after the first write (writes: {written:.1f} s)")
-        return Burst(size - made, size, seconds, written, cpu, rss, writes, load)
+        return Burst(size - made, size, seconds, written, cpu, rss, writes, load, op.restarts[restarts:])
 
     def run(self) -> None:
         first, start = self.sizes[0], len(self.bench.rows)
@@ -307,8 +376,17 @@ class ScaleBench:
                 f"{burst.seconds / base:.2f}x",
                 f"same 8 writers; baseline = mean of {base_n} objects written before and after"
                 f"{' scaled to ' + str(n) if grown else ''}: {each}; with the operator (load {burst.load:.1f}) "
-                f"the writes alone took {burst.written:.1f} s; operator CPU {burst.cpu:.1f} s "
-                f"({1000 * burst.cpu / n:.1f} ms per object)",
+                f"the writes alone took {burst.written:.1f} s; "
+                + (
+                    f"operator CPU {burst.cpu:.1f} s ({1000 * burst.cpu / n:.1f} ms per object)"
+                    if burst.cpu == burst.cpu  # not NaN: no restart
+                    else "operator CPU not comparable (restarted)"
+                )
+                + (
+                    f"; the operator exited {len(burst.restarts)}x and was started again: {burst.restarts[0]}"
+                    if burst.restarts
+                    else ""
+                ),
             )
         )
         writes = burst.writes
@@ -338,7 +416,7 @@ class ScaleBench:
         )
         return rows
 
-    def resume(self, ns: str, op: ServiceProcess, n: int) -> ServiceProcess:
+    def resume(self, ns: str, op: Supervised, n: int) -> Supervised:
         """Restart the operator over ``n`` bound objects: until ready (/readyz) and until its first
         sweep checked every object (the sweep runs only once the index holds the full listing);
         LiveKit calls and Kubernetes writes meanwhile."""
@@ -346,17 +424,20 @@ class ScaleBench:
         op.stop()
         before = self.apiserver_writes()
         t0 = time.perf_counter()
-        op = self.bench.operator_unstarted(  # the same Lease: the stopped operator released it
-            ns, "scale-resume", LEASE_NAME="bench-scale", CLEANUP_INTERVAL_MS=str(self.sweep_ms), WEBHOOK_PORT="0"
+        env = {"CLEANUP_INTERVAL_MS": str(self.sweep_ms), "WEBHOOK_PORT": "0", "LEASE_NAME": "bench-scale"}
+        op = Supervised(
+            lambda: self.bench.operator(ns, "scale-resume", **env),
+            self.log("scale-resume"),
+            self.say,
+            first=lambda: self.bench.operator_unstarted(ns, "scale-resume", **env).start(),
         )
-        op.start()
-        wait_for(lambda: ready(op), "the restarted operator ready", 600, interval=0.05)
+        wait_for(lambda: ready(op.proc), "the restarted operator ready", 600, interval=0.05)
         t_ready = time.perf_counter() - t0
-        wait_for(lambda: readings.value(metrics_text(op), SWEEP) >= 1, "its first sweep", 600, interval=0.05)
+        wait_for(lambda: readings.value(op.text(), SWEEP) >= 1, "its first sweep", 600, interval=0.05)
         t_checked = time.perf_counter() - t0
         binds_at_check = self.resume_calls(op)
         t_resumed, binds = self.resume_handlers_done(op, n, t0)
-        text = metrics_text(op)
+        text = op.text()
         calls = {m: v for m, v in readings.by_label(text, LIVEKIT, "method").items() if v}
         writes = readings.delta(self.settled_writes(), before)
         mem = readings.read_memory(op.pid)
@@ -369,7 +450,8 @@ class ScaleBench:
                 f"{t_checked / 30:.2f}x of the goal",
                 f"restart → /readyz 200, → first sweep done (every object against one ListRooms; "
                 f"{binds_at_check:.0f} of kopf's resume handler calls by then, {binds:.0f} after {t_resumed:.1f} s); "
-                f"VmRSS {mem.rss_mib:.0f} MiB, VmHWM {mem.hwm_mib:.0f} MiB",
+                f"VmRSS {mem.rss_mib:.0f} MiB, VmHWM {mem.hwm_mib:.0f} MiB"
+                + (f"; it exited and was started again: {op.restarts[0]}" if op.restarts else ""),
             ),
             Row(
                 f"LiveKit calls on resume, {n} bound objects",
@@ -390,10 +472,10 @@ class ScaleBench:
         return op
 
     @staticmethod
-    def resume_calls(op: ServiceProcess) -> float:
-        return readings.value(metrics_text(op), "loqua_operator_reconcile_duration_seconds_count", handler="bind")
+    def resume_calls(op: Supervised) -> float:
+        return readings.value(op.text(), "loqua_operator_reconcile_duration_seconds_count", handler="bind")
 
-    def resume_handlers_done(self, op: ServiceProcess, n: int, t0: float, quiet: float = 3.0) -> tuple[float, float]:
+    def resume_handlers_done(self, op: Supervised, n: int, t0: float, quiet: float = 3.0) -> tuple[float, float]:
         """(seconds since ``t0``, calls) once kopf's resume handler calls reached ``n`` or stopped
         moving for ``quiet`` seconds (an operator that checks bound objects without them)."""
         calls, changed = self.resume_calls(op), time.perf_counter()

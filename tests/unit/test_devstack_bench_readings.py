@@ -145,3 +145,41 @@ def test_curve_table_and_plot(tmp_path) -> None:
     assert "| 1000 | restarted | - | 120 MiB |" in table
     scale.draw(tmp_path / "memory.png")
     assert (tmp_path / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class FakeProcess:
+    """A ServiceProcess that has exited: its /metrics refuses connections."""
+
+    def __init__(self, log_file, port: int) -> None:
+        self.log_file = log_file
+        self.metrics_url = f"http://127.0.0.1:{port}/metrics"
+        self.proc = None
+        self.stopped = False
+
+    def alive(self) -> bool:
+        return False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_supervised_restarts_an_exited_operator_and_names_the_reason_from_its_own_log_lines(tmp_path) -> None:
+    from loqua_devstack import processes
+    from loqua_devstack.bench_scale import Supervised
+
+    log = tmp_path / "operator-scale.log"
+    log.write_text("[t] [ERROR] [loqua-operator] [-] [-] an error of an earlier run\n")
+    started: list[FakeProcess] = []
+
+    def start() -> FakeProcess:
+        started.append(FakeProcess(log, processes.free_port()))
+        return started[-1]
+
+    op = Supervised(start, log, say=lambda _msg: None)
+    with log.open("a") as f:
+        f.write("[t] [ERROR] [loqua-operator] [-] [-] leadership lost: leader Lease not renewed; stepping down\n")
+    with pytest.raises(RuntimeError, match="keeps exiting"):
+        op.text()  # every process it starts has exited too
+    assert op.restarts[0] == "leadership lost: leader Lease not renewed; stepping down (exit code None)"
+    assert op.restarts[1] == "exit code None"  # the later processes logged nothing: no earlier line reused
+    assert started[0].stopped and op.proc is started[-1]

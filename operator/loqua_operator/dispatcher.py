@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,10 +54,15 @@ class Dispatcher:
         self._gw = gateway
         self._metrics = metrics
         self._settings = settings
-        self._locks: dict[DispatchKey, asyncio.Lock] = {}
+        # A lock lives while someone holds or waits for it: an idle (room, agent name) costs nothing.
+        self._locks: weakref.WeakValueDictionary[DispatchKey, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def lock(self, key: DispatchKey) -> asyncio.Lock:
-        return self._locks.setdefault(key, asyncio.Lock())
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[key] = lock
+        return lock
 
     async def observe(self, room: str) -> list[ObservedDispatch]:
         try:

@@ -193,6 +193,24 @@ def decide(
     return out
 
 
+def quiet_room_status(
+    obj: AgentDispatch, now: dt.datetime, presence_grace_seconds: float, max_redispatches: int
+) -> dict[str, Any]:
+    """What the first sweep would write for a just-bound object whose room shows no learner (learners 0,
+    ``idleSince`` = creation, ``expiresAt``): written with the binding itself, so binding an object costs
+    one status write, not two. A dispatch just created has no agent in the room yet (``agentPresent:
+    false``, what the ``room_started`` webhook's look would find). Nothing when the status knows of
+    learners (a look at the room decides)."""
+    if int(obj.status.get("participants") or 0) > 0:
+        return {}
+    decision = decide(obj, RoomView(exists=True), now, presence_grace_seconds, max_redispatches)
+    if decision.expire or decision.redispatch or decision.rebind:
+        return {}  # acting is the sweep's business, with a fresh look at the room
+    if obj.status.get("reused") is False and obj.status.get("agentPresent") is None:
+        decision.status["agentPresent"] = False
+    return decision.status
+
+
 def orphans(
     room: str,
     dispatches: Sequence[ObservedDispatch],

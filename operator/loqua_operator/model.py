@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
@@ -22,7 +23,7 @@ class ObjectRef(NamedTuple):
     name: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObservedDispatch:
     """A dispatch as ListDispatch returns it (LiveKit's state is a snapshot at assignment)."""
 
@@ -48,7 +49,7 @@ class ObservedDispatch:
         return DispatchKey(self.room, self.agent_name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DispatchSpec:
     """The part of an AgentDispatch's spec the reconciler needs."""
 
@@ -82,11 +83,26 @@ class SpecError(ValueError):
 BOUND_PHASES = ("Dispatched", "Active", "Idle")
 
 
+SHARED_STRING_MAX = 40  # keys, phases, reasons, timestamps: the same few values across thousands of objects
+
+
+def compact(value: Any) -> Any:
+    """A copy of parsed JSON whose keys and short strings are interned: one copy of ``"lastTransitionTime"``,
+    ``"DispatchLive"`` or a timestamp for every object that has it, not one each (~1.6 KiB per status)."""
+    if isinstance(value, str):
+        return sys.intern(value) if len(value) <= SHARED_STRING_MAX else value
+    if isinstance(value, dict):
+        return {sys.intern(k): compact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [compact(v) for v in value]
+    return value
+
+
 def _parse_time(value: object) -> dt.datetime | None:
     return timefmt.parse_iso(str(value)) if value else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AgentDispatch:
     """One AgentDispatch object, parsed once from its body and used everywhere (immutable)."""
 
@@ -137,7 +153,7 @@ class AgentDispatch:
             uid=str(meta.get("uid", "")),
             spec=spec,
             created=_parse_time(meta.get("creationTimestamp")) or dt.datetime.now(dt.UTC),
-            status=dict(body.get("status") or {}),
+            status=compact(dict(body.get("status") or {})),
             resource_version=str(meta.get("resourceVersion", "")),
             generation=int(meta.get("generation") or 0),
             deleting=bool(meta.get("deletionTimestamp")),

@@ -100,7 +100,11 @@ class Reconciler:
                 # all of them; nothing is created for a live dispatch or for a room nobody is in.
                 return BindResult(None, obj)
             outcome = await self._dispatcher.bind(obj.spec, dict(st), obj.generation)
-            written = await self._write(obj, outcome.status, "bind")
+            patch = outcome.status
+            if outcome.error is None:
+                bound = obj.with_status({**st, **outcome.status})
+                patch = {**patch, **self._quiet(bound)}
+            written = await self._write(obj, patch, "bind")
             self._post(written or obj, outcome.events)
             return BindResult(outcome, written)
 
@@ -164,6 +168,11 @@ class Reconciler:
                     return "expired"
                 return None
             return done
+
+    def _quiet(self, obj: AgentDispatch) -> dict[str, Any]:
+        settings = self.settings
+        now = dt.datetime.now(dt.UTC)
+        return lifecycle.quiet_room_status(obj, now, settings.agent_presence_grace_seconds, settings.max_redispatches)
 
     def _decide(self, obj: AgentDispatch, room: RoomView, now: dt.datetime) -> lifecycle.LifecycleDecision:
         return lifecycle.decide(

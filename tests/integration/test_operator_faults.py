@@ -429,6 +429,43 @@ def test_quiet_rooms_cost_no_status_writes(custom, namespace, operator) -> None:
     assert metric(operator, "loqua_operator_sweep_api_writes") == 0
 
 
+def object_writes(custom) -> float:  # type: ignore[no-untyped-def]
+    """PATCH/UPDATE requests on AgentDispatch objects (status included) the API server has served."""
+    client = custom.api_client
+    method, url, headers, _, _ = client.param_serialize(
+        method="GET", resource_path="/metrics", auth_settings=["BearerToken"]
+    )
+    resp = client.call_api(method, url, headers)
+    resp.read()
+    text = resp.data.decode()
+    total = 0.0
+    for line in text.splitlines():
+        ours = line.startswith("apiserver_request_total{") and f'resource="{PLURAL}"' in line
+        if ours and ('verb="PATCH"' in line or 'verb="UPDATE"' in line):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_binding_costs_two_writes_and_leaves_no_kopf_annotations(custom, namespace, operator) -> None:
+    """The finalizer and one status write per object: the first sweep after it adds nothing (issue 15)."""
+    before = object_writes(custom)
+    names = [f"w-{i}" for i in range(20)]
+    for name in names:
+        create(custom, namespace, name, f"writes-{uuid.uuid4().hex[:8]}", agent="tutor", ttlSeconds=600)
+    for name in names:
+        wait_phase(custom, namespace, name, "Dispatched")
+    sweeps = metric(operator, "loqua_operator_sweep_duration_seconds_count")
+    wait_for(lambda: metric(operator, "loqua_operator_sweep_duration_seconds_count") >= sweeps + 2, "2 sweeps", 60)
+    per_object = (object_writes(custom) - before) / len(names)
+    figure("Kubernetes writes per bound object (finalizer + status)", f"{per_object:.2f}")
+    # Other tests' objects are quiet by now; a stray write of theirs must not fail this one.
+    assert 2.0 <= per_object <= 2.2, per_object
+    for name in names:
+        obj = get_ad(custom, namespace, name)
+        assert obj["status"]["expiresAt"] and obj["status"]["participants"] == 0  # written with the bind
+        assert not [a for a in obj["metadata"].get("annotations") or {} if a.startswith("agents.loqua.app/")]
+
+
 # ---- 7. failures that end --------------------------------------------------------------------------
 async def test_permission_denied_fails_once_and_the_ttl_ends_it(stack_env, custom, core, logs_dir, crd) -> None:
     """A key LiveKit does not accept: Failed with the reason, no retry storm, gone after the TTL."""

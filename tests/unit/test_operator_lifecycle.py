@@ -221,3 +221,28 @@ def test_a_reopened_room_is_looked_at_even_before_its_count_catches_up() -> None
     bound = view("a", "r", 300, {"phase": "Idle", "dispatchId": "x", "roomSid": "RM_old", "participants": 0})
     assert lifecycle.rooms_needing_presence([bound], {"r": 0}, {"r": "RM_new"}) == {"r"}
     assert lifecycle.rooms_needing_presence([bound], {"r": 0}, {"r": "RM_old"}) == set()
+
+
+class TestQuietRoomAtBind:
+    """Binding writes what the first sweep of a quiet room would, so the sweep after it writes nothing."""
+
+    def test_the_first_sweep_after_binding_writes_nothing(self) -> None:
+        fresh = obj({"reused": False}, ttl=60)
+        extra = lifecycle.quiet_room_status(fresh, at(1), GRACE, 10)
+        assert extra == {"participants": 0, "idleSince": iso(T0), "expiresAt": iso(at(60)), "agentPresent": False}
+        bound = fresh.with_status({**fresh.status, **extra})
+        # What ListRooms shows of a quiet room, or of none; what room_started's ListParticipants finds.
+        for r in (room(0), GONE, room(0, set())):
+            assert run(bound, r, 30).status == {}
+        reused = obj({"reused": True}, ttl=60)
+        assert "agentPresent" not in lifecycle.quiet_room_status(reused, at(1), GRACE, 10)  # its agent may be there
+
+    def test_learners_arriving_later_are_still_a_transition(self) -> None:
+        fresh = obj(ttl=60)
+        bound = fresh.with_status({**fresh.status, **lifecycle.quiet_room_status(fresh, at(1), GRACE, 10)})
+        d = run(bound, room(1, {"tutor"}), 5)
+        assert d.status["phase"] == "Active" and d.status["idleSince"] is None and d.status["expiresAt"] is None
+
+    def test_nothing_when_the_status_knows_of_learners_or_the_ttl_is_up(self) -> None:
+        assert lifecycle.quiet_room_status(obj({"participants": 2, "phase": "Active"}), at(1), GRACE, 10) == {}
+        assert lifecycle.quiet_room_status(obj(ttl=60), at(61), GRACE, 10) == {}  # expiry: the sweep looks first

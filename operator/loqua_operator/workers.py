@@ -115,6 +115,11 @@ class DemandScaler:
         self._clock = clock or asyncio.get_running_loop().time
         self._deciders = {w.deployment: ScaleDecider(w.scale_down_delay_seconds) for w in self.workers}
         self._known_agents: set[str] = set()
+        for worker in self.workers:  # the series exist at 0 before the first change or error
+            if worker.scale:
+                self._metrics.scale_changes.labels(worker.agent_name, "up")
+                self._metrics.scale_changes.labels(worker.agent_name, "down")
+                self._metrics.scale_errors.labels(worker.agent_name)
 
     def observe_demand(self) -> dict[str, int]:
         demand = demand_by_agent(self._objects())

@@ -210,6 +210,15 @@ async def test_scaler_loop_up_at_once_down_after_delay_idle_pods_marked_first() 
     )
 
 
+async def test_scale_counters_exist_at_zero_for_scaled_workers_before_any_change() -> None:
+    registry = CollectorRegistry()
+    DemandScaler([cfg()], lambda: [], None, OperatorMetrics(registry), 1.0, clock=lambda: 0.0)
+    for direction in ("up", "down"):
+        labels = {"agent_name": "spanish-tutor", "direction": direction}
+        assert registry.get_sample_value("loqua_operator_worker_scale_changes_total", labels) == 0
+    assert registry.get_sample_value("loqua_operator_worker_scale_errors_total", {"agent_name": "spanish-tutor"}) == 0
+
+
 async def test_demand_of_unconfigured_agent_names_is_exported_and_forgotten() -> None:
     registry = CollectorRegistry()
     metrics = OperatorMetrics(registry)

@@ -46,6 +46,8 @@ def load_config() -> None:
         kubernetes.config.load_kube_config()
     config = kubernetes.client.Configuration.get_default_copy()
     config.retries = False
+    # One kept-alive connection per worker thread: under a burst none is discarded and re-handshaken.
+    config.connection_pool_maxsize = WORKERS
     kubernetes.client.Configuration.set_default(config)
 
 
@@ -61,11 +63,10 @@ class Kube:
         self._namespaces = [] if any(set(ns) & set("*?[!") for ns in self._patterns) else self._patterns
         self.gate = gate or WriteGate(elected=False)
         self._custom = kubernetes.client.CustomObjectsApi()
-        self._coord = kubernetes.client.CoordinationV1Api()
-        # The Lease has a thread of its own: a renewal must never queue behind a burst of status writes
-        # (that would lose leadership under load).
+        # The Lease has a client (a connection pool) of its own, used from the renewal thread (leader.py):
+        # a renewal never queues behind a burst of status writes, for a thread or for a connection.
+        self._coord = kubernetes.client.CoordinationV1Api(kubernetes.client.ApiClient())
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="kube")
-        self._lease_pool = ThreadPoolExecutor(1, thread_name_prefix="kube-lease")
         self.writes = 0  # Kubernetes writes made (status patches, deletions), for the per-sweep figure
 
     def watches(self, namespace: str) -> bool:
@@ -82,7 +83,6 @@ class Kube:
         timeout: float,
         *args: Any,
         write: str | None = None,
-        lease: bool = False,
         **kwargs: Any,
     ) -> T:
         """``fn`` in a thread, within ``timeout`` from now — time spent queued for a thread included.
@@ -103,12 +103,11 @@ class Kube:
             return fn(*args, **kwargs)
 
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._lease_pool if lease else self._pool, call)
+        future = loop.run_in_executor(self._pool, call)
         return await asyncio.wait_for(future, max(0.1, timeout) + 1.0)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._lease_pool.shutdown(wait=False, cancel_futures=True)
 
     def _write_timeout(self, what: str) -> float:
         timeout = min(CALL_TIMEOUT, self.gate.check(what))
@@ -202,19 +201,23 @@ class Kube:
                 return None
             raise
 
-    # ---- Lease (the election itself is not gated) -------------------------------------------------
-    async def read_lease(self, namespace: str, name: str, timeout: float = CALL_TIMEOUT) -> Any | None:
+    # ---- Lease (the election itself is not gated): synchronous, called from the renewal thread -------
+    def read_lease(self, namespace: str, name: str, timeout: float = CALL_TIMEOUT) -> Any | None:
         try:
-            return await self._run(self._coord.read_namespaced_lease, timeout, name, namespace, lease=True)
+            return self._coord.read_namespaced_lease(name, namespace, _request_timeout=_timeouts(timeout))
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
 
-    async def create_lease(self, namespace: str, body: dict[str, Any], timeout: float = CALL_TIMEOUT) -> Any:
-        return await self._run(self._coord.create_namespaced_lease, timeout, namespace, body, lease=True)
+    def create_lease(self, namespace: str, body: dict[str, Any], timeout: float = CALL_TIMEOUT) -> Any:
+        return self._coord.create_namespaced_lease(namespace, body, _request_timeout=_timeouts(timeout))
 
-    async def replace_lease(
-        self, namespace: str, name: str, body: dict[str, Any], timeout: float = CALL_TIMEOUT
-    ) -> Any:
-        return await self._run(self._coord.replace_namespaced_lease, timeout, name, namespace, body, lease=True)
+    def replace_lease(self, namespace: str, name: str, body: dict[str, Any], timeout: float = CALL_TIMEOUT) -> Any:
+        return self._coord.replace_namespaced_lease(name, namespace, body, _request_timeout=_timeouts(timeout))
+
+
+def _timeouts(timeout: float) -> tuple[float, float]:
+    """(connect, read) for one call that may take ``timeout`` in all."""
+    left = max(0.1, timeout)
+    return (min(left, CALL_TIMEOUT), left)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -177,10 +178,11 @@ class LeaderElector:
             self._observed = record
             self._observed_at = self._clock()
 
-    async def _try_once(self, timeout: float) -> bool:
-        """One client-go tryAcquireOrRenew: True when we hold the Lease now (confirmed at send time)."""
+    def _try_once(self, timeout: float) -> bool:
+        """One client-go tryAcquireOrRenew: True when we hold the Lease now (confirmed at send time).
+        Synchronous: it runs in a thread, never waiting for the event loop (see ``keep``)."""
         sent = self._clock()
-        lease = await self._kube.read_lease(self.namespace, self.name, timeout=timeout)
+        lease = self._kube.read_lease(self.namespace, self.name, timeout=timeout)
         record = None if lease is None else _record(lease)
         self._observe(record)
         action = decide(record, self.identity, self._observed_at, self._clock())
@@ -208,11 +210,11 @@ class LeaderElector:
         remaining = max(0.1, timeout - (self._clock() - sent))
         try:
             if lease is None:
-                written = await self._kube.create_lease(self.namespace, body, timeout=remaining)
+                written = self._kube.create_lease(self.namespace, body, timeout=remaining)
             else:
                 # resourceVersion makes the update conditional: of two contenders only one wins.
                 body["metadata"]["resourceVersion"] = lease.metadata.resource_version
-                written = await self._kube.replace_lease(self.namespace, self.name, body, timeout=remaining)
+                written = self._kube.replace_lease(self.namespace, self.name, body, timeout=remaining)
         except ApiException as exc:
             if exc.status in (409, 422):
                 return False
@@ -229,7 +231,7 @@ class LeaderElector:
         announced = False
         while True:
             try:
-                if await asyncio.wait_for(self._try_once(self.renew_deadline), self.renew_deadline):
+                if await asyncio.to_thread(self._try_once, self.renew_deadline):
                     return
                 if not announced:
                     log.info("standing by: another replica holds Lease %s/%s", self.namespace, self.name)
@@ -259,39 +261,58 @@ class LeaderElector:
             return
         self.gate.revoke()  # stop writing first
         try:
-            lease = await self._kube.read_lease(self.namespace, self.name, timeout=2.0)
-            if lease is None or lease.spec.holder_identity != self.identity:
-                return
-            body = {
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {
-                    "name": self.name,
-                    "namespace": self.namespace,
-                    "resourceVersion": lease.metadata.resource_version,
-                },
-                "spec": {
-                    "holderIdentity": "",
-                    "leaseDurationSeconds": 1,
-                    "leaseTransitions": _record(lease).transitions,
-                },
-            }
-            await self._kube.replace_lease(self.namespace, self.name, body, timeout=2.0)
-            log.info("released leader Lease %s/%s", self.namespace, self.name)
+            if await asyncio.to_thread(self._release):
+                log.info("released leader Lease %s/%s", self.namespace, self.name)
         except Exception as exc:
             log.warning("could not release leader Lease: %s", type(exc).__name__)
 
+    def _release(self) -> bool:
+        lease = self._kube.read_lease(self.namespace, self.name, timeout=2.0)
+        if lease is None or lease.spec.holder_identity != self.identity:
+            return False
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "resourceVersion": lease.metadata.resource_version,
+            },
+            "spec": {"holderIdentity": "", "leaseDurationSeconds": 1, "leaseTransitions": _record(lease).transitions},
+        }
+        self._kube.replace_lease(self.namespace, self.name, body, timeout=2.0)
+        return True
+
     async def keep(self) -> str:
         """Renew every retry period until renewal did not succeed within the renew deadline, or another
-        replica holds the Lease; then return why (leadership is lost, the gate is closed)."""
-        while True:
-            await asyncio.sleep(self.retry_period)
+        replica holds the Lease; then return why (leadership is lost, the gate is closed).
+
+        The renewals run on a thread of their own, like client-go's renewal goroutine: a burst that keeps
+        the event loop busy for seconds (thousands of objects at once) must not delay them, and the gate
+        is confirmed from the thread the moment a renewal succeeds.
+        """
+        loop = asyncio.get_running_loop()
+        lost: asyncio.Future[str] = loop.create_future()
+        stop = threading.Event()
+
+        def report(reason: str) -> None:
+            loop.call_soon_threadsafe(lambda: lost.done() or lost.set_result(reason))
+
+        thread = threading.Thread(target=self._renew, args=(stop, report), name="lease-renewal", daemon=True)
+        thread.start()
+        try:
+            return await lost
+        finally:
+            stop.set()
+
+    def _renew(self, stop: threading.Event, report: Callable[[str], None]) -> None:
+        while not stop.wait(self.retry_period):
             left = self.gate.remaining() - (self.lease_duration - self.renew_deadline)  # time to the deadline
             if left <= 0:
                 reason = f"leader Lease not renewed within the renew deadline ({self.renew_deadline:.0f} s)"
                 break
             try:
-                if await asyncio.wait_for(self._try_once(left), left):
+                if self._try_once(left):
                     continue
                 reason = (
                     f"leader Lease {self.namespace}/{self.name} is held by {self._observed and self._observed.holder}"
@@ -301,6 +322,10 @@ class LeaderElector:
                 log.warning("could not renew leader Lease (HTTP %s)", exc.status)
             except Exception as exc:  # timeouts and network errors from the client
                 log.warning("could not renew leader Lease: %s", type(exc).__name__)
+        else:
+            return  # stopped: keep() was cancelled
+        if stop.is_set():
+            return  # a clean stop raced the last renewal (release() handed the Lease back)
         self.gate.revoke()
         log.error("leadership lost: %s; stepping down", reason)
-        return reason
+        report(reason)

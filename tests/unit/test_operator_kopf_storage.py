@@ -82,3 +82,9 @@ def test_a_first_try_success_leaves_no_patch_and_a_retry_writes_progress() -> No
     assert not patch, patch  # no kopf-managed marker, no last-handled-configuration: no PATCH at all
     PROGRESS.store(key=kopf.HandlerId("bind"), record={"started": "t", "retries": 1}, body=b, patch=patch)
     assert list(patch["metadata"]["annotations"]) == ["agents.loqua.app/bind"]
+
+
+def test_the_essence_is_the_spec_alone() -> None:
+    b = body(observed=1)
+    b["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    assert DIFFBASE.build(body=b) == {"spec": {"room": "r", "agentName": "tutor"}}

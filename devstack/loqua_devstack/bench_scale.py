@@ -88,6 +88,17 @@ def ready(proc: ServiceProcess) -> bool:
         return False
 
 
+EXIT_CAUSES = ("leadership lost", "stepping down", "exiting", "fatal")
+
+
+def exit_reason(log_lines: list[str]) -> str:
+    """Why an operator exited, from its log lines: the first error naming a cause of exit, else the
+    last error (kopf's retries and shutdown noise come before and after the cause)."""
+    errors = [line.split("] ", 5)[-1] for line in log_lines if "[ERROR]" in line or "[CRITICAL]" in line]
+    causes = [e for e in errors if any(c in e.lower() for c in EXIT_CAUSES)]
+    return (causes or errors or [""])[0 if causes else -1]
+
+
 class Supervised:
     """The operator as its Deployment runs it: a process that exits (it steps down when it cannot renew
     its Lease within the renew deadline, as on a machine this loaded) is started again, and the bench
@@ -134,9 +145,9 @@ class Supervised:
         with self._log_file.open("rb") as log:
             log.seek(self._log_from)
             lines = log.read().decode(errors="replace").splitlines()
-        errors = [line.split("] ", 5)[-1] for line in lines if "[ERROR]" in line]
         code = self.proc.proc.poll() if self.proc.proc else None
-        reason = (errors[0][:160] + f" (exit code {code})") if errors else f"exit code {code}"
+        reason = exit_reason(lines)
+        reason = f"{reason[:160]} (exit code {code})" if reason else f"exit code {code}"
         self.restarts.append(reason)
         self._say(f"  the operator exited: {reason}; starting it again, as its Deployment would")
         self.proc.stop()

@@ -183,3 +183,17 @@ def test_supervised_restarts_an_exited_operator_and_names_the_reason_from_its_ow
     assert op.restarts[0] == "leadership lost: leader Lease not renewed; stepping down (exit code None)"
     assert op.restarts[1] == "exit code None"  # the later processes logged nothing: no earlier line reused
     assert started[0].stopped and op.proc is started[-1]
+
+
+def test_exit_reason_prefers_the_cause_over_retries_and_shutdown_noise() -> None:
+    from loqua_devstack.bench_scale import exit_reason
+
+    lines = [
+        "[t] [INFO] [loqua-operator] [-] [-] bound to dispatch",
+        "[t] [ERROR] [loqua-operator] [-] [-] Handler 'bind' failed with an exception and will try again",
+        "[t] [ERROR] [loqua-operator] [-] [-] leadership lost: leader Lease not renewed; stepping down",
+        "[t] [ERROR] [loqua-operator] [-] [-] an error occurred during closing of asynchronous generator",
+    ]
+    assert exit_reason(lines) == "leadership lost: leader Lease not renewed; stepping down"
+    assert exit_reason(lines[:2]) == "Handler 'bind' failed with an exception and will try again"
+    assert exit_reason(lines[:1]) == ""

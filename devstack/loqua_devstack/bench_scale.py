@@ -174,6 +174,11 @@ class ScaleBench:
         self.say: Callable[[str], None] = say
         self.points: list[Point] = []
 
+    @property
+    def restarted_sweeps(self) -> int:
+        """Fewer steady sweeps for the restarted operator: its line is memory without a burst."""
+        return max(5, self.sweeps // 6)
+
     # ---- readings ----------------------------------------------------------------------------------
     def apiserver_writes(self) -> Counter[readings.WriteKey]:
         """The API server's own write counters for AgentDispatch objects and Events."""
@@ -233,10 +238,11 @@ class ScaleBench:
             if not token:
                 return out
 
-    def steady(self, op: Supervised, size: int, how: str, burst_rss: float = float("nan")) -> Point:
-        """``self.sweeps`` complete sweeps after a first one (which may search new rooms for orphans):
-        per sweep the API server's count of AgentDispatch writes and the operator's LiveKit calls; CPU
-        over the window; memory at its end."""
+    def steady(self, op: Supervised, size: int, how: str, burst_rss: float = float("nan"), sweeps: int = 0) -> Point:
+        """``sweeps`` (default ``self.sweeps``) complete sweeps after a first one (which may search new
+        rooms for orphans): per sweep the API server's count of AgentDispatch writes and the operator's
+        LiveKit calls; CPU over the window; memory at its end."""
+        wanted = sweeps or self.sweeps
         text = op.text()
         first = readings.value(text, SWEEP)
         wait_for(lambda: readings.value(op.text(), SWEEP) >= first + 1, "a sweep", 600, interval=0.2)
@@ -249,10 +255,10 @@ class ScaleBench:
             done = readings.value(op.text(), SWEEP) - sweeps0
             if time.monotonic() - last[0] >= 15:
                 last[0] = time.monotonic()
-                self.say(f"  {size} objects: {done:.0f}/{self.sweeps} steady sweeps")
-            return done >= self.sweeps
+                self.say(f"  {size} objects: {done:.0f}/{wanted} steady sweeps")
+            return done >= wanted
 
-        wait_for(swept, f"{self.sweeps} sweeps", 60 + self.sweeps * max(30, self.sweep_ms / 1000 * 3), interval=1)
+        wait_for(swept, f"{wanted} sweeps", 60 + wanted * max(30, self.sweep_ms / 1000 * 3), interval=1)
         seconds, cpu = time.monotonic() - t0, op.cpu_since(pid, cpu0)
         text = op.text()
         sweeps = readings.value(text, SWEEP) - sweeps0
@@ -355,7 +361,7 @@ class ScaleBench:
                 made = size
                 self.steady(op, size, "after a burst", bursts[-1].rss_mib)
             op = self.resume(ns, op, made)
-            self.steady(op, made, "restarted")
+            self.steady(op, made, "restarted", sweeps=self.restarted_sweeps)
         finally:
             op.stop()
             self.say(f"dropping {ns} (finalizers stripped with the operator stopped)")
@@ -520,7 +526,8 @@ class ScaleBench:
                 f"{per_object} | {p.cpu_percent:.1f} | {per_sweep} | {calls} |"
             )
         return "\n".join(out) + (
-            f"\n\nSteady = after {self.sweeps} sweeps every {self.sweep_ms / 1000:g} s (CPU over them); status writes"
+            f"\n\nSteady = after {self.sweeps} sweeps every {self.sweep_ms / 1000:g} s (restarted: "
+            f"{self.restarted_sweeps}; CPU over them); status writes"
             " per sweep as the API server counted them (apiserver_request_total on agentdispatches);"
             " LiveKit calls per sweep from loqua_operator_livekit_requests_total."
         )

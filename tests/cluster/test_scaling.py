@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 
 import pytest
 from livekit import api
@@ -22,14 +21,7 @@ from loqua_devstack.serving import PodSeconds, arrive_together, ready, worker_po
 from loqua_operator.scaling import DELETION_COST
 from tests.cluster.conftest import AGENT, NS, Cluster, live_dispatches, until
 
-pytestmark = [
-    pytest.mark.cluster,
-    pytest.mark.timeout(1800),
-    # Not yet run to green on a local node (the machine's one node was in use): opt-in until it is.
-    pytest.mark.skipif(
-        os.environ.get("LOQUA_CLUSTER_SCALING") != "1", reason="opt-in until verified: LOQUA_CLUSTER_SCALING=1"
-    ),
-]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
 LEARNERS = 6
 SCALE_DOWN_DELAY = 30  # helm/loqua-agents/examples/local-node.yaml
 

@@ -97,3 +97,63 @@ def test_no_overlap_between_a_stalled_holder_and_a_standby() -> None:
             takeover = clock.now
     assert last_write_end is not None and takeover is not None
     assert takeover - last_write_end >= 0, (takeover, last_write_end)
+
+
+class FakeLeases:
+    """An in-memory Lease store with the Kube client's (synchronous) Lease calls."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self._ns = SimpleNamespace
+        self.lease = None
+        self.writes = 0
+        self.fail = False
+
+    def _obj(self, body, version):  # type: ignore[no-untyped-def]
+        spec = body["spec"]
+        return self._ns(
+            spec=self._ns(
+                holder_identity=spec.get("holderIdentity"),
+                renew_time=spec.get("renewTime"),
+                acquire_time=spec.get("acquireTime"),
+                lease_duration_seconds=spec.get("leaseDurationSeconds"),
+                lease_transitions=spec.get("leaseTransitions"),
+            ),
+            metadata=self._ns(resource_version=str(version)),
+        )
+
+    def read_lease(self, namespace, name, timeout=5.0):  # type: ignore[no-untyped-def]
+        if self.fail:
+            raise TimeoutError("partitioned")
+        return self.lease
+
+    def create_lease(self, namespace, body, timeout=5.0):  # type: ignore[no-untyped-def]
+        self.writes += 1
+        self.lease = self._obj(body, self.writes)
+        return self.lease
+
+    def replace_lease(self, namespace, name, body, timeout=5.0):  # type: ignore[no-untyped-def]
+        return self.create_lease(namespace, body, timeout)
+
+
+async def test_renewals_go_on_while_the_event_loop_is_blocked() -> None:
+    """A burst can keep the event loop busy for seconds: renewals run on their own thread and confirm
+    the gate from there, so leadership survives it; a partition still closes the gate and ends keep()."""
+    import asyncio
+    import time
+
+    from loqua_operator.leader import LeaderElector
+
+    leases = FakeLeases()
+    gate = WriteGate(elected=True, renew_deadline=1.0, lease_duration=1.5)
+    elector = LeaderElector(leases, gate, "ns", "lease", "me", lease_duration=1.5, renew_deadline=1.0, retry_period=0.1)
+    await elector.acquire()
+    keeper = asyncio.create_task(elector.keep())
+    await asyncio.sleep(0)  # the renewal thread starts
+    before = leases.writes
+    time.sleep(2.5)  # the loop does nothing for 2.5 renew deadlines
+    assert gate.is_open() and leases.writes >= before + 10
+    leases.fail = True
+    reason = await asyncio.wait_for(keeper, 5)
+    assert "renew deadline" in reason and not gate.is_open()

@@ -203,6 +203,9 @@ def kubelet_job(address: str, port: int, tls: dict) -> dict:
     ``insecureSkipVerify: true``), the client certificate is the stack's admin one."""
     return {
         "job_name": "kubelet-cadvisor",
+        # As often as the ServiceMonitor's jobs: a panel's rate() over $__rate_interval (4 scrape
+        # intervals) needs two samples of these series too.
+        "scrape_interval": SCRAPE_INTERVAL,
         "scheme": "https",
         "metrics_path": "/metrics/cadvisor",
         "honor_labels": True,

@@ -304,6 +304,10 @@ def part_specs(node_dir: Path, node: dict, kubeconfig: Path, apiserver_port: int
                 f"--cert-dir={node_dir / 'kubelet' / 'pki'}",
                 f"--node-ip={node['address']}",
                 f"--hostname-override={NODE_NAME}",
+                # cAdvisor's containerd factory (deprecated flag, still the only way to set it):
+                # without it cAdvisor looks at /run/containerd/containerd.sock, finds nothing and
+                # reports bare cgroups, with no container/pod/namespace labels on /metrics/cadvisor.
+                f"--containerd={run_dir(node) / 'containerd.sock'}",
                 "--v=1",
             ],
             path_env,

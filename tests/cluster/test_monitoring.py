@@ -263,3 +263,94 @@ async def test_agent_jwt_made_invalid_pages_auth_failures(monitored: Cluster, na
         f"\n{name}: JWT replaced -> page {fired - revoked_at:.0f} s later; JWT restored -> resolved page "
         f"{cleared - restored_at:.0f} s later"
     )
+
+
+async def test_sessions_failing_page_completion_rate_then_resolve(monitored: Cluster, namespace: str) -> None:
+    """The Loqua API refuses every user-token exchange (503, injected through its /admin/faults):
+    sessions still run, degraded, but none can reach the learner's account, so each ends `failed`.
+    Ten such sessions (waves of two, so the one worker pod at rest takes them and no scale-down
+    races their last scrape) -> LoquaSessionCompletionRateLow pages; the API healthy again, the
+    failures leave the rule's window (a chart value locally) and the page resolves."""
+    from loqua_devstack.learner import Learner, create_user
+    from loqua_tutor.contract import USER_TOKEN
+    from tests.cluster.conftest import ad_manifest, until
+
+    name = "LoquaSessionCompletionRateLow"
+    env = monitored.env
+    rule_for = _loaded_for(env, name)
+    failed = "sum(loqua_tutor_sessions_failed_total)"
+
+    def failed_now() -> float:
+        return sum(float(r["value"][1]) for r in _prom(env, "/api/v1/query", query=failed)["result"])
+
+    admin = httpx.Client(
+        base_url=env["LOQUA_API_URL"], headers={"Authorization": f"Bearer {env['LOQUA_ADMIN_TOKEN']}"}, timeout=15
+    )
+    assert not [p for p in _pages(monitored) if p["alertname"] == name and p["status"] == "firing"], "already fires"
+    before = len(_pages(monitored))
+    waves, per_wave = 5, 2
+    broke_at = time.time()
+    admin.post("/admin/faults", json={"path_prefix": USER_TOKEN, "status": 503}).raise_for_status()
+    try:
+        for wave in range(waves):
+            start = failed_now()
+            users = [create_user(env, f"Wave {wave}.{i}") for i in range(per_wave)]
+            stamp = int(time.time() * 1000)
+            learners = []
+            for i, user in enumerate(users):
+                room = f"{namespace}-w{wave}-{i}"
+                monitored.apply(ad_manifest(namespace, f"w{wave}-{i}", room, ttl=300))
+                learners.append(Learner(env, room, user_id=user["user_id"], sessionId=f"sess_{stamp}_{wave}{i}"))
+            await asyncio.gather(*(learner.join() for learner in learners))
+            try:
+                await until(
+                    lambda ls=learners: all(
+                        len(a := x.agents_in_room()) == 1 and a[0].attributes.get("loqua.status") == "active"
+                        for x in ls
+                    ),
+                    f"wave {wave}: both learners in session with one agent",
+                    180,
+                )
+            finally:
+                await asyncio.gather(*(learner.leave() for learner in learners), return_exceptions=True)
+            for i in range(per_wave):  # the dispatch deleted -> the job ends -> the session finalizes
+                monitored.kubectl("-n", namespace, "delete", "agentdispatch", f"w{wave}-{i}", "--wait=false")
+            await until(
+                lambda s=start: failed_now() >= s + per_wave,
+                f"wave {wave}: its {per_wave} failed sessions in Prometheus",
+                180,
+                interval=2,
+            )
+        firing = _wait_pages(
+            lambda: pager.first_page(_pages(monitored)[before:], name, "firing"),
+            f"a firing {name} page",
+            rule_for + 300,
+        )
+    finally:
+        admin.delete("/admin/faults").raise_for_status()
+        healed_at = time.time()
+        admin.close()
+    received = datetime.fromisoformat(firing["received"]).timestamp()
+    assert firing["labels"]["namespace"] == local_cluster.NAMESPACE
+    # From the first evaluation at which the rule's condition held to the page: its `for`, plus an
+    # evaluation interval and Alertmanager's group_wait (the condition is on scraped data already).
+    query = next(r["query"] for g in _prom(env, "/api/v1/rules")["groups"] for r in g["rules"] if r["name"] == name)
+    held = _prom(env, "/api/v1/query_range", query=query, start=broke_at, end=received, step="1s")["result"]
+    held_at = min(float(t) for s in held for t, _ in s["values"])
+    budget = rule_for + _seconds(monitoring.EVALUATION_INTERVAL) + 5 + 5
+    assert rule_for <= received - held_at <= budget + _seconds(monitoring.EVALUATION_INTERVAL), (
+        received - held_at,
+        budget,
+    )
+    window = _seconds(monitoring.LOCAL_WINDOWS[name])
+    resolved = _wait_pages(
+        lambda: pager.first_page(_pages(monitored)[before:], name, "resolved"),
+        f"a resolved {name} page",
+        window + 300,
+    )
+    cleared = datetime.fromisoformat(resolved["received"]).timestamp()
+    print(
+        f"\n{name}: fault at {0:.0f} s, {waves * per_wave} failed sessions, condition held at "
+        f"{held_at - broke_at:.0f} s, page at {received - broke_at:.0f} s ({received - held_at:.0f} s after the "
+        f"condition held); API healed at {healed_at - broke_at:.0f} s, resolved page {cleared - healed_at:.0f} s later"
+    )

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,10 +16,23 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from loqua_tutor.agent import RECORDING_TOOLS
 from loqua_tutor.metrics import JOB_METRIC_NAMES, JobMetrics, WorkerMetrics
-from loqua_tutor.multiproc import MultiprocStore, exposition_registry
+from loqua_tutor.multiproc import ENV_VAR, MultiprocStore, exposition_registry
 from loqua_tutor.settings import TutorSettings
 from loqua_tutor.tiers import TIERS, Tier
 from loqua_tutor.worker import CapacityGate, _Admission, _Load, _zero_job_metrics
+
+
+@pytest.fixture(autouse=True)
+def _no_multiproc_dir_left_behind() -> Iterator[None]:
+    """MultiprocStore.prepare points child processes at its directory through the environment; a
+    test's directory must not outlive the test there (later tests start operators and workers whose
+    prometheus_client would open files in a removed directory)."""
+    before = os.environ.get(ENV_VAR)
+    yield
+    if before is None:
+        os.environ.pop(ENV_VAR, None)
+    else:
+        os.environ[ENV_VAR] = before
 
 
 @pytest.mark.parametrize("tier", list(Tier))

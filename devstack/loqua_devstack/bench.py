@@ -21,6 +21,7 @@ from pathlib import Path
 import kubernetes
 from livekit import api
 
+from loqua_devstack import bench_readings as readings
 from loqua_devstack.learner import Learner
 from loqua_devstack.services import ServiceProcess, kubectl_env, operator_process, wait_for
 from loqua_devstack.stack import Stack, devstack_dir, quiet_dev_secret_warning
@@ -48,6 +49,14 @@ STARTED = time.monotonic()
 
 def say(msg: str) -> None:
     print(f"[bench {time.monotonic() - STARTED:6.0f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def metrics_text(proc: ServiceProcess) -> str:
+    """A process's /metrics page."""
+    import urllib.request
+
+    with urllib.request.urlopen(proc.metrics_url, timeout=10) as resp:
+        return resp.read().decode()
 
 
 async def delete_rooms(lk: api.LiveKitAPI, names: list[str]) -> None:
@@ -166,25 +175,9 @@ class Bench:
         return out
 
     def metric(self, proc: ServiceProcess, name: str) -> float:
-        import urllib.request
-
-        text = urllib.request.urlopen(proc.metrics_url, timeout=5).read().decode()
-        for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return float("nan")
-
-    def labelled(self, proc: ServiceProcess, name: str) -> dict[str, float]:
-        """``name{label="x"} v`` lines as {x: v} (one label)."""
-        import urllib.request
-
-        text = urllib.request.urlopen(proc.metrics_url, timeout=5).read().decode()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith(name + "{"):
-                head, value = line.rsplit(" ", 1)
-                out[head.split('"')[1]] = float(value)
-        return out
+        """The operator's unlabelled series ``name``; NaN while it does not exist."""
+        found = [v for n, _, v in readings.samples(metrics_text(proc), name) if n == name]
+        return sum(found) if found else float("nan")
 
     async def api_client_figure(self) -> None:
         """The tutor's API client (pooled, retries, breaker, metrics) against a bare httpx call."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import kubernetes
 
 from loqua_devstack import bench_readings as readings
-from loqua_devstack.bench import Row
+from loqua_devstack.bench import Row, metrics_text
 from loqua_devstack.services import ServiceProcess, wait_for
 
 GROUP, VERSION, PLURAL = "agents.loqua.app", "v1alpha1", "agentdispatches"
@@ -68,13 +68,6 @@ class Point:
     sweeps: int = 0
     calls: dict[str, float] = field(default_factory=dict)
     burst_rss_mib: float = float("nan")  # VmRSS right when the burst was all Dispatched
-
-
-def metrics_text(proc: ServiceProcess) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(proc.metrics_url, timeout=10) as resp:
-        return resp.read().decode()
 
 
 def ready(proc: ServiceProcess) -> bool:

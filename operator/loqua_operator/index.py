@@ -4,7 +4,8 @@ Fed from the watch stream (in the event loop, never from a thread) and from our 
 Each change replaces one immutable entry in one step, so a reader never sees an object half-moved.
 ``synced`` is set once a full, consistent listing from the API server was merged in: nothing that
 needs to know every object (the sweep, orphan removal) runs before that. A re-list also drops
-objects that vanished while the watch was not looking.
+objects that vanished while the watch was not looking, and never brings back one whose deletion the
+index saw while the listing was in flight (the listing may predate the deletion; a uid never returns).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class ObjectIndex:
         self._seq: dict[ObjectRef, int] = {}
         self._counter = itertools.count(1)
         self._on_change = on_change
+        self._deleted_while_listing: set[str] | None = None  # uids removed since mark(), until the merge
         self.synced = asyncio.Event()
 
     # ---- writes (all synchronous: atomic within the event loop) -----------------------------------
@@ -44,6 +46,8 @@ class ObjectIndex:
         meta = body.get("metadata") or {}
         ref = ObjectRef(str(meta.get("namespace", "")), str(meta.get("name", "")))
         if deleted:
+            if self._deleted_while_listing is not None and meta.get("uid"):
+                self._deleted_while_listing.add(str(meta["uid"]))  # even if it was never indexed
             self.remove(ref)
             return None
         try:
@@ -71,6 +75,8 @@ class ObjectIndex:
         old = self._objects.pop(ref, None)
         self._seq.pop(ref, None)
         if old is not None:
+            if self._deleted_while_listing is not None:
+                self._deleted_while_listing.add(old.uid)
             self._unlink(old)
             if self._on_change is not None:
                 self._on_change(ref, None)
@@ -83,15 +89,19 @@ class ObjectIndex:
             self._by_room.pop(old.key.room, None)
 
     def mark(self) -> int:
-        """A point in the index's history; see :meth:`merge_listing`."""
+        """A point in the index's history, taken right before a listing starts; see :meth:`merge_listing`."""
+        self._deleted_while_listing = set()
         return next(self._counter)
 
     def merge_listing(self, bodies: Iterable[Mapping[str, Any]], since: int) -> int:
         """Merge a full listing that started at ``mark() == since``: listed objects are upserted (newer
         versions win); indexed objects neither listed nor changed since the listing began are gone.
         Returns how many vanished objects left the index."""
+        deleted, self._deleted_while_listing = self._deleted_while_listing or set(), None
         listed: set[ObjectRef] = set()
         for body in bodies:
+            if str((body.get("metadata") or {}).get("uid", "")) in deleted:
+                continue  # listed before its deletion reached us: it must not come back as a ghost
             obj = self.observe(body)
             if obj is not None:
                 listed.add(obj.ref)

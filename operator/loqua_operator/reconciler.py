@@ -190,6 +190,9 @@ class Reconciler:
                 # Never bound, and LiveKit refuses the operator for good: nothing to release, and a
                 # finalizer that waits for a fix nobody is making would leave the object stuck.
                 outcome = Outcome(events=[Event("Warning", "ReleaseSkipped", f"never bound; {exc}")])
+            # Returning lets kopf remove the finalizer (the object goes): a write like any other, though
+            # it made no LiveKit call when the dispatch is shared or already gone. Only the leader may.
+            self._kube.gate.check(f"releasing {obj.namespace}/{obj.name}")
             self._post(obj, outcome.events)
             return outcome
 

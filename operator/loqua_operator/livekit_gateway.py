@@ -47,6 +47,16 @@ def reason_of(exc: LiveKitError) -> str:
     )
 
 
+def classify(code: str | None, http_status: int | None) -> tuple[str, bool]:
+    """A Twirp error as (code, retryable). livekit-server refuses a bad key with a bare HTTP 401 (code
+    ``unknown``); a request that can never succeed as sent is not retried hot (the object fails)."""
+    code = str(code or "unknown")
+    status = http_status or 0
+    if code == "unknown" and status in HTTP_CODES:
+        code = HTTP_CODES[status]
+    return code, code not in PERMANENT_CODES and (code in RETRYABLE_CODES or status >= 500)
+
+
 def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, LiveKitError) and exc.retryable
 
@@ -113,11 +123,8 @@ class LiveKitGateway:
             result = await (asyncio.wait_for(fn(), deadline) if deadline is not None else fn())
         except api.TwirpError as exc:
             self._metrics.livekit_up.set(1)  # the server answered, even if with an error
-            code = str(exc.code or "unknown")
-            if code == "unknown" and (exc.status or 0) in HTTP_CODES:
-                code = HTTP_CODES[exc.status]  # livekit-server refuses a bad key with a bare HTTP 401
+            code, retryable = classify(exc.code, exc.status)
             self._metrics.livekit_errors.labels(method, code).inc()
-            retryable = code not in PERMANENT_CODES and (code in RETRYABLE_CODES or (exc.status or 0) >= 500)
             raise LiveKitError(method, code, exc.message or "", retryable) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self._metrics.livekit_up.set(0)

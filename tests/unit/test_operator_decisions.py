@@ -160,3 +160,24 @@ def test_a_replacement_made_by_a_sharing_object_is_adopted() -> None:
     assert decisions.replacement_of("tutor", observed, "AD_dead").id == "AD_new"
     assert decisions.replacement_of("tutor", [d("AD_dead", created=1)], "AD_dead") is None  # replace it
     assert decisions.replacement_of("tutor", observed, None) is None
+
+
+@pytest.mark.parametrize(
+    ("code", "http_status", "expected"),
+    [
+        ("invalid_argument", 400, ("invalid_argument", False)),
+        ("permission_denied", 403, ("permission_denied", False)),
+        ("unauthenticated", 401, ("unauthenticated", False)),
+        ("unknown", 401, ("unauthenticated", False)),  # livekit-server's bare 401 for a wrong key
+        ("failed_precondition", 412, ("failed_precondition", False)),
+        ("unavailable", 503, ("unavailable", True)),
+        ("internal", 500, ("internal", True)),
+        ("deadline_exceeded", 504, ("deadline_exceeded", True)),
+        ("not_found", 404, ("not_found", False)),  # callers that expect it (a gone dispatch) handle it
+        (None, 502, ("unknown", True)),
+    ],
+)
+def test_livekit_errors_are_classified_retryable_or_permanent(code, http_status, expected) -> None:  # type: ignore[no-untyped-def]
+    from loqua_operator.livekit_gateway import classify
+
+    assert classify(code, http_status) == expected

@@ -69,6 +69,7 @@ def test_rooms_settings_are_optional_and_bad_ones_name_themselves(tmp_path: Path
         ({**env, "LIVEKIT_API_SECRET": ""}, "LIVEKIT_API_SECRET"),
         ({**env, "LIVEKIT_URL": "127.0.0.1:7880"}, "LIVEKIT_URL"),
         ({**env, "DISPATCH_NAMESPACE": "Not_A_Namespace"}, "DISPATCH_NAMESPACE"),
+        ({**env, "DISPATCH_NAMESPACE": "learners\n"}, "DISPATCH_NAMESPACE"),
         ({**env, "KUBECONFIG": str(tmp_path / "missing")}, "KUBECONFIG"),
         ({**env, "JOIN_DISPATCH_WAIT_SECONDS": "soon"}, "JOIN_DISPATCH_WAIT_SECONDS"),
         ({**env, "DISPATCH_TTL_SECONDS": "-1"}, "DISPATCH_TTL_SECONDS"),
@@ -178,6 +179,9 @@ async def test_join_and_status_refuse_bad_tokens(client: TestClient, headers: di
         (json.dumps({**GOOD, "room_name": "has space"}).encode(), "INVALID_FIELD", "room_name must be"),
         (json.dumps({**GOOD, "room_name": "../etc"}).encode(), "INVALID_FIELD", "room_name must be"),
         (json.dumps({**GOOD, "room_name": "r" * 129}).encode(), "INVALID_FIELD", "1-128 characters"),
+        # Python's `$` matches before a trailing newline; the CRD's CEL rule does not (was a 503).
+        (json.dumps({**GOOD, "room_name": "lesson-1\n"}).encode(), "INVALID_FIELD", "room_name must be"),
+        (json.dumps({**GOOD, "agent_name": "spanish-tutor\n"}).encode(), "INVALID_FIELD", "DNS label"),
         (json.dumps({**GOOD, "agent_name": "Spanish_Tutor"}).encode(), "INVALID_FIELD", "DNS label"),
         (json.dumps({**GOOD, "agent_name": "a" * 64}).encode(), "INVALID_FIELD", "DNS label"),
         (json.dumps({**GOOD, "agent_name": ["x"]}).encode(), "INVALID_FIELD", "DNS label"),
@@ -198,9 +202,14 @@ async def test_status_refuses_bad_room_or_agent(client: TestClient) -> None:
     resp = await client.get("/api/v1/rooms/lesson-1/agent", headers=headers)
     assert resp.status == 400
     assert_error(await resp.json(), "MISSING_FIELD")
-    resp = await client.get("/api/v1/rooms/bad%20room/agent?agent_name=spanish-tutor", headers=headers)
-    assert resp.status == 400
-    assert_error(await resp.json(), "INVALID_FIELD")
+    for path in (
+        "/api/v1/rooms/bad%20room/agent?agent_name=spanish-tutor",
+        "/api/v1/rooms/lesson-1%0A/agent?agent_name=spanish-tutor",
+        "/api/v1/rooms/lesson-1/agent?agent_name=spanish-tutor%0A",
+    ):
+        resp = await client.get(path, headers=headers)
+        assert resp.status == 400, path
+        assert_error(await resp.json(), "INVALID_FIELD")
 
 
 async def test_join_of_an_unknown_user_is_404(client: TestClient) -> None:

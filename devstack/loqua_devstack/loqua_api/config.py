@@ -14,7 +14,7 @@ DEFAULT_USER_TOKEN_TTL_SECONDS = 3600
 DEFAULT_DISPATCH_NAMESPACE = "default"
 DEFAULT_DISPATCH_WAIT_SECONDS = 10.0
 DEFAULT_LIVEKIT_TOKEN_TTL_SECONDS = 6 * 3600
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 ENV_SECRETS = {"dev": "DEV_AGENT_SECRET", "staging": "STAGING_AGENT_SECRET", "prod": "PROD_AGENT_SECRET"}
 
 
@@ -94,7 +94,7 @@ def load_rooms_config(env: Mapping[str, str]) -> RoomsConfig | None:
     key = _required(env, "LIVEKIT_API_KEY", why)
     secret = _required(env, "LIVEKIT_API_SECRET", why)
     namespace = env.get("DISPATCH_NAMESPACE", "") or DEFAULT_DISPATCH_NAMESPACE
-    if not DNS_LABEL.match(namespace) or len(namespace) > 63:
+    if not DNS_LABEL.fullmatch(namespace) or len(namespace) > 63:
         raise ConfigError(f"DISPATCH_NAMESPACE must be a namespace name (DNS label), got {namespace!r}")
     kubeconfig = Path(env["KUBECONFIG"]) if env.get("KUBECONFIG") else None
     if kubeconfig is not None and not kubeconfig.is_file():

@@ -27,10 +27,11 @@ PLURAL = "agentdispatches"
 KIND = "AgentDispatch"
 FIELD_MANAGER = "loqua-api"
 # The CRD's rules for spec.room and spec.agentName (deploy/crds): checked here first, so bad input
-# is a clear 400 rather than the API server's 422.
-ROOM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+# is a clear 400 rather than the API server's 422. Always with fullmatch: Python's `$` also matches
+# before a trailing newline, the CEL (RE2) rule of the CRD does not.
+ROOM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 ROOM_MAX = 128
-AGENT_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+AGENT_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 AGENT_NAME_MAX = 63
 # Phases in which the LiveKit dispatch exists (the operator's Dispatched condition is True).
 BOUND_PHASES = ("Dispatched", "Active", "Idle")

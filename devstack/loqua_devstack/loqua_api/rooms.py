@@ -55,7 +55,7 @@ def _rooms(request: web.Request) -> tuple[RoomsConfig, Dispatches]:
 def _name(value: Any, field: str, max_len: int, pattern: re.Pattern[str], rule: str) -> str:
     if value is None or (isinstance(value, str) and not value.strip()):
         raise ApiError(400, "MISSING_FIELD", f"{field} is required")
-    if not isinstance(value, str) or len(value) > max_len or not pattern.match(value):
+    if not isinstance(value, str) or len(value) > max_len or not pattern.fullmatch(value):
         raise ApiError(400, "INVALID_FIELD", f"{field} must be {rule}")
     return value
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -14,9 +15,11 @@ import pytest
 from livekit import api
 
 from loqua_devstack.loqua_api.dispatches import dispatch_name
+from loqua_devstack.loqua_api.tokens import mint_agent_token, mint_learner_token
 from loqua_devstack.services import ServiceProcess, kubectl
 from loqua_devstack.stack import WEB_BACKEND_SA
 from tests.integration.conftest import live_dispatches
+from tests.unit.test_loqua_api import assert_error
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +51,46 @@ def objects_for(stack_env: dict[str, str], room: str) -> list[dict]:
         f"--field-selector=spec.room={room}",
     )
     return json.loads(out)["items"]
+
+
+async def test_join_with_no_operator_waits_a_bounded_time_and_answers_pending(
+    stack_env: dict[str, str], learner: tuple[str, dict[str, str]]
+) -> None:
+    """Before this module's operator starts nobody binds the object: the join waits its
+    JOIN_DISPATCH_WAIT_SECONDS (the stack's default, 10 s) for Dispatched, then answers 200 Pending,
+    so the page can connect and wait for the agent. (It is the first test of the module on purpose.)"""
+    _, auth = learner
+    room, agent = f"it-wait-{uuid.uuid4().hex[:8]}", f"it-tutor-{uuid.uuid4().hex[:6]}"
+    body = {"room_name": room, "agent_name": agent}
+    try:
+        async with httpx.AsyncClient(base_url=stack_env["LOQUA_API_URL"], timeout=60, headers=auth) as http:
+            started = time.monotonic()
+            first = await http.post("/api/v1/rooms/join", json=body)
+            waited = time.monotonic() - started
+            again = await http.post("/api/v1/rooms/join", json=body)
+        assert first.status_code == 200 and again.status_code == 200, (first.text, again.text)
+        assert first.json()["dispatch"] == {
+            "name": dispatch_name(room, agent),
+            "dispatchId": None,
+            "reused": False,
+            "phase": "Pending",
+        }, "an operator watches the API's namespace already"
+        assert again.json()["dispatch"]["reused"] is True and again.json()["dispatch"]["phase"] == "Pending"
+        # It waited for the operator (a join that does not wait answers in well under a second) and
+        # then stopped waiting: 10 s plus a loaded machine's slack, not the 30+ s of a hung watch.
+        assert 9.5 <= waited < 30, waited
+    finally:
+        kubectl(
+            stack_env,
+            "delete",
+            "ad",
+            "-n",
+            stack_env["DISPATCH_NAMESPACE"],
+            dispatch_name(room, agent),
+            "--ignore-not-found",
+            "--wait=false",
+            check=False,
+        )
 
 
 async def test_refreshes_make_one_object_and_one_dispatch(
@@ -109,6 +152,58 @@ async def test_refreshes_make_one_object_and_one_dispatch(
     assert all(j["token"] not in log for j in joins) and auth["Authorization"][7:] not in log
 
 
+async def test_bad_tokens_and_bodies_get_the_error_shape_and_make_no_object(
+    stack_env: dict[str, str], learner: tuple[str, dict[str, str]]
+) -> None:
+    """What a caller gets wrong, against the stack's API: seed 003's error shape naming the problem,
+    and no AgentDispatch object for the room (nothing reached Kubernetes)."""
+    user_id, auth = learner
+    secret = stack_env["LOQUA_JWT_SECRET"]
+    room, agent = f"it-bad-{uuid.uuid4().hex[:8]}", "spanish-tutor"
+    good = {"room_name": room, "agent_name": agent}
+
+    def bearer(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    cases: list[tuple[dict[str, str], object, int, str]] = [
+        ({}, good, 401, "MISSING_TOKEN"),
+        (bearer("not-a-jwt"), good, 401, "INVALID_TOKEN"),
+        (bearer(mint_learner_token("another-secret-0123456789abcdef01", user_id, 600)), good, 401, "INVALID_TOKEN"),
+        (bearer(mint_learner_token(secret, user_id, -10)), good, 401, "TOKEN_EXPIRED"),
+        (bearer(mint_agent_token(secret, "tutor", 600)), good, 401, "WRONG_TOKEN_ROLE"),
+        (auth, b"{not json", 400, "INVALID_JSON"),
+        (auth, [good], 400, "INVALID_JSON"),
+        (auth, {"agent_name": agent}, 400, "MISSING_FIELD"),
+        (auth, {"room_name": room}, 400, "MISSING_FIELD"),
+        (auth, {**good, "room_name": f"{room}\n"}, 400, "INVALID_FIELD"),
+        (auth, {**good, "room_name": f"{room} x"}, 400, "INVALID_FIELD"),
+        (auth, {**good, "agent_name": "Spanish_Tutor"}, 400, "INVALID_FIELD"),
+        (auth, {**good, "ttlSeconds": 1}, 400, "INVALID_FIELD"),
+        (bearer(mint_learner_token(secret, f"nobody-{uuid.uuid4().hex[:6]}", 600)), good, 404, "USER_NOT_FOUND"),
+    ]
+    async with httpx.AsyncClient(base_url=stack_env["LOQUA_API_URL"], timeout=30) as http:
+        for headers, body, status, code in cases:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            resp = await http.post(
+                "/api/v1/rooms/join", content=data, headers={**headers, "Content-Type": "application/json"}
+            )
+            assert resp.status_code == status, (code, resp.text)
+            assert_error(resp.json(), code)
+        for headers, path, status, code in [
+            ({}, f"/api/v1/rooms/{room}/agent?agent_name={agent}", 401, "MISSING_TOKEN"),
+            (auth, f"/api/v1/rooms/{room}/agent", 400, "MISSING_FIELD"),
+            (auth, f"/api/v1/rooms/{room}%0A/agent?agent_name={agent}", 400, "INVALID_FIELD"),
+            (auth, f"/api/v1/rooms/{room}/agent?agent_name={agent}", 404, "DISPATCH_NOT_FOUND"),
+        ]:
+            resp = await http.get(path, headers=headers)
+            assert resp.status_code == status, (code, resp.text)
+            assert_error(resp.json(), code)
+        wrong_method = await http.get("/api/v1/rooms/join", headers=auth)
+        assert wrong_method.status_code == 405
+        assert_error(wrong_method.json(), "METHOD_NOT_ALLOWED")
+    assert objects_for(stack_env, room) == []
+
+
 def can_i(stack_env: dict[str, str], *args: str, kubeconfig: str | None = None) -> bool:
     env = {**stack_env, "KUBECONFIG": kubeconfig or stack_env["KUBECONFIG"]}
     out = kubectl(env, "auth", "can-i", *args, check=False).strip().splitlines()
@@ -123,6 +218,20 @@ AD = "agentdispatches.agents.loqua.app"
 def test_the_api_may_ensure_and_watch_dispatches_in_its_namespace(stack_env: dict[str, str], verb: str) -> None:
     own = str(Path(stack_env["DEVSTACK_DIR"]) / "loqua-api.kubeconfig")
     assert can_i(stack_env, verb, AD, "-n", stack_env["DISPATCH_NAMESPACE"], kubeconfig=own)
+
+
+def test_the_stack_api_runs_with_its_own_kubeconfig(stack_env: dict[str, str]) -> None:
+    """The running API process was given the ServiceAccount's kubeconfig, no other credentials."""
+    state = json.loads((Path(stack_env["DEVSTACK_DIR"]) / "state.json").read_text())
+    environ = Path(f"/proc/{state['pids']['loqua-api']}/environ").read_bytes().split(b"\0")
+    env = dict(item.decode(errors="replace").partition("=")[::2] for item in environ if b"=" in item)
+    own = Path(stack_env["DEVSTACK_DIR"]) / "loqua-api.kubeconfig"
+    assert Path(env["KUBECONFIG"]).resolve() == own.resolve()
+    users = json.loads(own.read_text())["users"]
+    assert [u["name"] for u in users] == [WEB_BACKEND_SA] and set(users[0]["user"]) == {"token"}
+    whoami = kubectl({**stack_env, "KUBECONFIG": str(own)}, "auth", "whoami", "-o", "json")
+    sa = f"system:serviceaccount:{stack_env['DISPATCH_NAMESPACE']}:{WEB_BACKEND_SA}"
+    assert json.loads(whoami)["status"]["userInfo"]["username"] == sa
 
 
 @pytest.mark.parametrize(

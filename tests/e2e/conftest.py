@@ -9,6 +9,8 @@ import contextlib
 import inspect
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,6 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loqua_devstack.learner import Learner
 from loqua_devstack.services import ServiceProcess, tutor_process
+
+# Figures the browser tests measure (test_learner_page.py), printed as one line at the end of the run.
+LEARNER_FIGURES = pytest.StashKey[dict[str, Any]]()
 
 # Job executor of the e2e worker. `process` (the production default) is fast enough on 2 cores:
 # two warm job processes are ready before the first dispatch. Override with E2E_TUTOR_EXECUTOR.
@@ -156,3 +161,44 @@ async def cleanup(lk: api.LiveKitAPI) -> AsyncIterator[Cleanup]:
     for room in c.rooms:
         with contextlib.suppress(api.TwirpError):
             await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+
+
+def loqua_dev(stack_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`loqua-dev ARGS` as a user runs it, against the session's stack."""
+    env = {**os.environ, "LOQUA_DEVSTACK_DIR": stack_env["DEVSTACK_DIR"]}
+    return subprocess.run(
+        [sys.executable, "-m", "loqua_devstack.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture(scope="session")
+def learner_figures(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The browser tests' figures of this run (also written to learner-page-figures.json)."""
+    return request.config.stash.setdefault(LEARNER_FIGURES, {})
+
+
+def learner_figures_line(f: dict[str, Any]) -> str:
+    """One line for the notes: reloads, page load → tutor present (median of 10), the screenshot."""
+    parts = []
+    if "reloads" in f:
+        parts.append(
+            f"{f['reloads']} reloads (+{f.get('rapid_reloads', 0)} back to back) → 1 AgentDispatch, "
+            "1 LiveKit dispatch, 1 agent, 1 session; "
+            f"reload → tutor present median {f['reload_agent_present_median_ms']} ms"
+        )
+    if "fresh_load_agent_present_median_ms" in f:
+        parts.append(
+            f"fresh page load → tutor present median {f['fresh_load_agent_present_median_ms']} ms "
+            f"of {f['fresh_loads']} (new dispatch each)"
+        )
+    if "first_load_agent_present_ms" in f:
+        parts.append(f"first load {f['first_load_agent_present_ms']} ms")
+    if "screenshot" in f:
+        parts.append(f"screenshot {f['screenshot']}")
+    return "learner page: " + "; ".join(parts)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    figures = config.stash.get(LEARNER_FIGURES, None)
+    if figures:
+        terminalreporter.write_line(learner_figures_line(figures))

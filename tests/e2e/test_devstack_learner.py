@@ -3,9 +3,6 @@ the stack and a real tutor worker it joins, reports the agent and its active ses
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 
 import pytest
@@ -13,15 +10,9 @@ from livekit import api
 
 from loqua_devstack.learner import visit
 from loqua_devstack.services import ServiceProcess
+from tests.e2e.conftest import loqua_dev
 
 pytestmark = pytest.mark.e2e
-
-
-def loqua_dev(stack_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LOQUA_DEVSTACK_DIR": stack_env["DEVSTACK_DIR"]}
-    return subprocess.run(
-        [sys.executable, "-m", "loqua_devstack.cli", *args], env=env, capture_output=True, text=True, timeout=120
-    )
 
 
 async def test_learner_reports_the_agent_and_its_session(

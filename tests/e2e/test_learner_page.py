@@ -26,16 +26,17 @@ from livekit import api
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from loqua_devstack import browser as browser_
-from loqua_devstack.learner import create_user, page_url, sign_in_token
+from loqua_devstack.learner import page_url, sign_in_token
 from loqua_devstack.loqua_api.dispatches import dispatch_name
 from loqua_devstack.services import ServiceProcess, kubectl
 from tests.conftest import LEARNERS_TTL_SECONDS
-from tests.e2e.conftest import until
+from tests.e2e.conftest import loqua_dev, until
 from tests.integration.conftest import live_dispatches
 
 pytestmark = pytest.mark.e2e
 
 RELOADS = 10
+RAPID_RELOADS = 10  # back to back, without waiting for the tutor in between
 OFFLINE_SECONDS = 5
 PAGE_TIMEOUT = 45.0  # generous for a loaded 2-core box; every wait returns as soon as it can
 
@@ -124,18 +125,24 @@ class Lesson:
         )
         return list(json.loads(out)["items"])
 
+    async def participants(self) -> list[api.ParticipantInfo]:
+        async with api.LiveKitAPI(
+            self.env["LIVEKIT_URL"], self.env["LIVEKIT_API_KEY"], self.env["LIVEKIT_API_SECRET"]
+        ) as lk:
+            try:
+                return list((await lk.room.list_participants(api.ListParticipantsRequest(room=self.room))).participants)
+            except api.TwirpError as exc:
+                if exc.code != "not_found":
+                    raise
+                return []
+
     async def livekit(self) -> tuple[list[api.AgentDispatch], list[api.ParticipantInfo]]:
         """The room's dispatches of our agent name and its agent participants, from livekit-server."""
         async with api.LiveKitAPI(
             self.env["LIVEKIT_URL"], self.env["LIVEKIT_API_KEY"], self.env["LIVEKIT_API_SECRET"]
         ) as lk:
             dispatches = await live_dispatches(lk, self.room, self.agent_name)
-            try:
-                people = (await lk.room.list_participants(api.ListParticipantsRequest(room=self.room))).participants
-            except api.TwirpError as exc:
-                if exc.code != "not_found":
-                    raise
-                people = []
+        people = await self.participants()
         return dispatches, [p for p in people if p.kind == api.ParticipantInfo.Kind.AGENT]
 
     async def assert_one_of_each(self) -> str:
@@ -158,8 +165,10 @@ class Lesson:
         return dict(resp.json())
 
 
-def write_figures(logs_dir: Path, **figures: Any) -> None:
-    """Measured figures for the notes, merged into one JSON file next to the logs."""
+def write_figures(logs_dir: Path, into: dict[str, Any], **figures: Any) -> None:
+    """Measured figures for the notes: kept for the run's one-line summary (tests/e2e/conftest.py)
+    and merged into one JSON file next to the logs."""
+    into.update(figures)
     path = logs_dir / "learner-page-figures.json"
     current = json.loads(path.read_text()) if path.exists() else {}
     path.write_text(json.dumps({**current, **figures}, indent=2))
@@ -174,9 +183,14 @@ async def lesson(
     tutor_worker: ServiceProcess,
     tutor_agent_name: str,
 ) -> AsyncIterator[Lesson]:
-    user_id = create_user(stack_env, "Ana Browser")["user_id"]
+    # The signed-in link as a person gets it: `loqua-dev web` makes the learner and prints the address.
     room = f"page-{uuid.uuid4().hex[:8]}"
-    url = page_url(stack_env, sign_in_token(stack_env, user_id), room, tutor_agent_name)
+    done = loqua_dev(stack_env, "web", "--room", room, "--agent", tutor_agent_name, "--name", "Ana Browser")
+    assert done.returncode == 0, done.stdout + done.stderr
+    head, url = done.stdout.strip().splitlines()
+    user_id = head.removeprefix("learner ").split(",")[0]
+    assert head == f"learner {user_id}, room {room}, agent {tutor_agent_name}; open (signed in):", head
+    assert url.startswith(f"{stack_env['LOQUA_WEB_URL']}?") and "#token=" in url, url
     ls = Lesson(stack_env, browser, logs_dir, tutor_agent_name, user_id, room, url)
     try:
         yield ls
@@ -186,7 +200,22 @@ async def lesson(
         await ls.close()
 
 
-async def test_page_joins_and_the_tutor_joins(lesson: Lesson) -> None:
+async def test_make_up_prints_the_page_address_and_it_serves_the_page(stack_env: dict[str, str]) -> None:
+    """`make up` (`loqua-dev up`; here on the running stack, which it reuses) prints the page's
+    address, and the API serves the built page (index.html and its bundle) there."""
+    done = loqua_dev(stack_env, "up")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("learner page: ")]
+    assert lines == [f"learner page: {stack_env['LOQUA_WEB_URL']}  (a signed-in link: .venv/bin/loqua-dev web)"]
+    async with httpx.AsyncClient(timeout=15) as http:
+        index = await http.get(stack_env["LOQUA_WEB_URL"])
+        bundle = await http.get(f"{stack_env['LOQUA_WEB_URL']}assets/learner.js")
+    assert index.status_code == 200 and 'src="assets/learner.js"' in index.text
+    assert bundle.status_code == 200 and "javascript" in bundle.headers["Content-Type"]
+    assert "livekit" in bundle.text.lower() and len(bundle.content) > 100_000
+
+
+async def test_page_joins_and_the_tutor_joins(lesson: Lesson, learner_figures: dict[str, Any]) -> None:
     started = time.monotonic()
     st = await lesson.open()
     assert st["dispatch"]["reused"] is False and st["dispatch"]["phase"] in ("Dispatched", "Active")
@@ -198,10 +227,20 @@ async def test_page_joins_and_the_tutor_joins(lesson: Lesson) -> None:
     assert await lesson.page.get_attribute("#agent", "data-present") == "true"
     assert await lesson.page.get_attribute("#connection", "data-state") == "connected"
     assert lesson.session_id in (await lesson.page.inner_text("#session"))
+
+    # The learner publishes audio: the browser's fake microphone, as a real mic track in the room.
+    async def microphone() -> list[api.TrackInfo]:
+        mine = [p for p in await lesson.participants() if p.identity.startswith(f"learner-{lesson.user_id}-")]
+        assert len(mine) <= 1, [p.identity for p in mine]
+        return [t for p in mine for t in p.tracks if t.source == api.TrackSource.MICROPHONE]
+
+    mics = await until(microphone, "the page's microphone track in the room", PAGE_TIMEOUT)
+    assert [t.type for t in mics] == [api.TrackType.AUDIO]
     shot = await lesson.screenshot("agent-present")
     assert shot.stat().st_size > 10_000
     write_figures(
         lesson.logs_dir,
+        learner_figures,
         first_load_agent_present_ms=st["agentPresentAtMs"],
         first_load_wall_s=round(time.monotonic() - started, 2),
         screenshot=str(shot),
@@ -212,7 +251,9 @@ async def test_page_joins_and_the_tutor_joins(lesson: Lesson) -> None:
     assert lesson.url.split("#token=")[1] not in api_log
 
 
-async def test_ten_reloads_keep_one_dispatch_one_agent_one_session(lesson: Lesson) -> None:
+async def test_ten_reloads_keep_one_dispatch_one_agent_one_session(
+    lesson: Lesson, learner_figures: dict[str, Any]
+) -> None:
     await lesson.open()
     assert lesson.page is not None
     before = await lesson.assert_one_of_each()
@@ -225,10 +266,20 @@ async def test_ten_reloads_keep_one_dispatch_one_agent_one_session(lesson: Lesso
         assert st["sessionId"] == lesson.session_id, f"reload {i + 1}: another session"
         present_ms.append(int(st["agentPresentAtMs"]))
     assert await lesson.assert_one_of_each() == before
+    # A learner hammering F5: each reload leaves the page before its join and connect are done.
+    for _ in range(RAPID_RELOADS):
+        await lesson.page.reload(wait_until="commit")
+        await lesson.page.wait_for_timeout(150)
+    st = await lesson.wait_tutor()
+    assert st["dispatch"]["reused"] is True and st["agentIdentity"] == lesson.agent_identity
+    assert st["sessionId"] == lesson.session_id
+    assert await lesson.assert_one_of_each() == before
     await lesson.screenshot("after-reloads")
     write_figures(
         lesson.logs_dir,
+        learner_figures,
         reloads=RELOADS,
+        rapid_reloads=RAPID_RELOADS,
         reload_agent_present_ms=present_ms,
         reload_agent_present_median_ms=statistics.median(present_ms),
     )
@@ -290,7 +341,7 @@ async def test_closed_tab_goes_idle_expires_and_stores_one_session(lesson: Lesso
 
 
 async def test_fresh_page_loads_each_get_exactly_one_tutor(
-    stack_env: dict[str, str], browser: Browser, logs_dir: Path, lesson: Lesson
+    stack_env: dict[str, str], browser: Browser, logs_dir: Path, lesson: Lesson, learner_figures: dict[str, Any]
 ) -> None:
     """10 first visits to 10 new rooms (a cold dispatch and a new agent job each): every page gets
     its tutor, every room exactly one AgentDispatch, one dispatch and one agent. The time from page
@@ -316,6 +367,7 @@ async def test_fresh_page_loads_each_get_exactly_one_tutor(
             await one.close()
     write_figures(
         logs_dir,
+        learner_figures,
         fresh_loads=RELOADS,
         fresh_load_agent_present_ms=present_ms,
         fresh_load_agent_present_median_ms=statistics.median(present_ms),

@@ -163,3 +163,58 @@ def _tail(log_file: Path | None, lines: int = 8) -> str:
         return ""
     tail = log_file.read_text(errors="replace").splitlines()[-lines:]
     return "\n  " + "\n  ".join(tail)
+
+
+# ---- what a process listens on (the network rule: loopback, or interfaces the stack created) --
+def _hex_address(text: str) -> str:
+    """An address of /proc/net/{tcp,udp}[6] (hex, 32-bit words in host byte order) as text."""
+    raw = bytes.fromhex(text)
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1])
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+    return socket.inet_ntop(socket.AF_INET6, words)
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (children, their children ...)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children.get(current, [])
+    return found
+
+
+def listening(pid: int) -> set[tuple[str, str, int]]:
+    """(protocol, address, port) of every TCP socket ``pid`` listens on and every UDP socket it has
+    bound, read from /proc (its own network namespace)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    found = set()
+    for proto in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{proto}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if inode not in inodes or (proto.startswith("tcp") and state != "0A"):  # 0A: LISTEN
+                continue
+            address, port = local.rsplit(":", 1)
+            found.add((proto, _hex_address(address), int(port, 16)))
+    return found

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 from pathlib import Path
 
 from loqua_devstack import processes
@@ -22,3 +24,29 @@ def test_spawn_runs_and_stop_leaves_nothing(tmp_path: Path) -> None:
 def test_free_port_is_bindable() -> None:
     port = processes.free_port()
     assert processes.port_is_free(port)
+
+
+def test_listening_names_the_sockets_a_process_listens_on_and_their_addresses() -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp6,
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as not_listening,
+    ):
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        udp6.bind(("::1", 0))
+        not_listening.bind(("127.0.0.1", 0))
+        found = processes.listening(os.getpid())
+        assert ("tcp", "127.0.0.1", tcp.getsockname()[1]) in found
+        assert ("udp6", "::1", udp6.getsockname()[1]) in found
+        assert not any(port == not_listening.getsockname()[1] for _, _, port in found)
+
+
+def test_descendants_include_children_of_children(tmp_path: Path) -> None:
+    sh = shutil.which("sh") or "/bin/sh"
+    pid = processes.spawn([sh, "-c", "sleep 60 & sleep 60 & wait"], tmp_path / "sh.log")
+    try:
+        processes.wait_until(lambda: len(processes.descendants(pid)) == 3, "two children", 10)
+        assert processes.descendants(pid)[0] == pid
+    finally:
+        processes.stop(pid, timeout=5, executable=sh)

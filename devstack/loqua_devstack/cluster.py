@@ -31,8 +31,8 @@ TRY_HINT = """
 The chart runs on the local node ({node}). Try:
   export KUBECONFIG={kubeconfig}
   kubectl get nodes -o wide; kubectl -n {ns} get pods -o wide
-  kubectl create namespace demo && kubectl -n demo apply -f deploy/examples/agentdispatch.yaml
-  kubectl -n demo get ad -w
+  kubectl apply -f deploy/examples/agentdispatch.yaml     # an AgentDispatch in namespace default
+  kubectl get ad lesson-4711 -w
   .venv/bin/loqua-dev learner lesson-4711 --seconds 30     # a learner joins the example's room
   kubectl -n {ns} logs -l app.kubernetes.io/component=operator -f
 Stop all of it with: make cluster-down

@@ -8,8 +8,9 @@ Every request carries ``Authorization: Bearer``, ``X-Agent-ID`` and ``Content-Ty
   never on other 4xx;
 - a circuit breaker sees every attempt (network errors and 5xx are failures) and fails calls
   fast while open; each attempt holds a breaker permit that is released in ``finally`` (a
-  cancelled or timed-out trial never wedges the half-open state); ``force=True`` calls (the end
-  of a session) go out whatever the breaker's state;
+  cancelled or timed-out trial never wedges the half-open state); ``force=True`` calls go out
+  whatever the breaker's state, and after :meth:`LoquaApiClient.bypass_breaker` (the end of a
+  session) every call does - the token exchange the final calls may need included;
 - a 401 on a user-token endpoint asks for a new user token - one exchange shared by every call
   that met a 401 with the same token (see ``TokenManager.refresh``) - and tries once more;
 - metrics per attempt with the endpoint *template* as label (never a raw user id).
@@ -219,6 +220,7 @@ class LoquaApiClient:
         self._backoff = wait_exponential_jitter(multiplier=retry_base, max=retry_max, jitter=retry_base)
         self._max_retry_after = max_retry_after
         self._sleep = sleep
+        self._bypass = False
         self._client = httpx.AsyncClient(
             base_url=base_url,
             headers={
@@ -237,6 +239,11 @@ class LoquaApiClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+    def bypass_breaker(self) -> None:
+        """From now on every call goes out whatever the breaker's state (outcomes still recorded):
+        the end of a session, whose final calls must reach the API as soon as it answers."""
+        self._bypass = True
 
     # ---- the five endpoints (bodies: loqua_tutor.contract) ----------------------------------------
     async def request_user_token(self, *, room_name: str, user_id: str) -> UserTokenResponse:
@@ -274,7 +281,7 @@ class LoquaApiClient:
         """One API call with retries. ``force``: go out even while the breaker is open.
         ``params`` fill the endpoint template; callers pass validated ids (no dot segments)."""
         path = endpoint.format(**{k: _path_segment(k, v) for k, v in (params or {}).items()})
-        request = _Call(method, endpoint, path, json_body, auth, force)
+        request = _Call(method, endpoint, path, json_body, auth, force or self._bypass)
         try:
             return await self._with_retries(request)
         except ApiError as exc:

@@ -6,8 +6,9 @@ the session runs on cached (or default) context and keeps one progress update pe
 the latest state - until the API answers again. At the end, :meth:`TutorSession.finalize` sends
 the final progress and the learning-session record exactly once, retrying both until they are
 delivered or the finalize budget (``FINALIZE_TIMEOUT_SECONDS``) is spent - then they are logged
-as lost and counted. These final calls go through whatever state the circuit breaker is in: it
-protects the API from a session's steady traffic, not from the one record that must reach it.
+as lost and counted. These final calls (and a token exchange they need) go through whatever state the
+circuit breaker is in: it protects the API from a session's steady traffic, not from the one
+record that must reach it.
 """
 
 from __future__ import annotations
@@ -201,6 +202,9 @@ class TutorSession:
                 await self._release(status)
 
     async def _finish(self, status: ProgressStatus, deadline: float) -> None:
+        # Whatever the breaker's state, every call from here on goes out: the finals, and the token
+        # exchange they need when the learner's token ran out during an outage.
+        self.api.bypass_breaker()
         if self._loop_task is not None:
             # A progress update in flight (perhaps a hung breaker trial) is cancelled here; its
             # breaker permit is released on the way out, so it cannot block what follows.

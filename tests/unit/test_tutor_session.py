@@ -352,6 +352,27 @@ async def test_finals_go_out_while_the_breaker_is_still_open() -> None:
     assert [b["data"]["status"] for b in api.bodies("/api/v1/agent/progress")][-1] == "completed"
 
 
+async def test_finals_exchange_an_expired_token_while_the_breaker_is_open() -> None:
+    """The learner's token ran out during the outage: at the end, the token exchange the finals need
+    goes out whatever the breaker's state too (a record is not lost to the breaker's reset timeout)."""
+    api = FakeApi()
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=3600)
+    session, metrics = make_session(api, breaker=breaker, fake=FakeTime(), finalize_timeout=30)
+    await session.start()
+    api.down = True
+    session.state.record_phrase("hola")
+    assert not await session.send_progress(ProgressStatus.IN_PROGRESS)
+    assert breaker.state == BreakerState.OPEN
+    session.tokens._expires_at = session.tokens._refresh_at = time.time() - 1  # expired meanwhile
+    api.down = False
+    exchanges = len(api.bodies("/api/v1/agent/user-token"))
+    await session.finalize()
+    assert len(api.bodies("/api/v1/agent/user-token")) == exchanges + 1
+    assert session.record_delivered is True and len(api.bodies("/api/v1/agent/sessions")) == 1
+    assert [b["data"]["status"] for b in api.bodies("/api/v1/agent/progress")][-1] == "completed"
+    assert metrics.session_records.labels("lost")._value.get() == 0
+
+
 async def test_final_progress_retried_while_its_path_is_down() -> None:
     """Progress path down, sessions path up: the record goes out at once, the progress when it can."""
     api = FakeApi()

@@ -298,6 +298,20 @@ class LoquaApiClient:
             return min(exc.retry_after, self._max_retry_after)
         return float(self._backoff(state))
 
+    @staticmethod
+    def _log_retry(request: _Call, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        told = isinstance(exc, ApiError) and exc.retry_after is not None
+        log.debug(
+            "retrying %s %s in %.1fs (%s; attempt %d): %s",
+            request.method,
+            request.endpoint,
+            state.upcoming_sleep,
+            "Retry-After" if told else "backoff",
+            state.attempt_number,
+            exc,
+        )
+
     async def _with_retries(self, request: _Call) -> dict[str, Any]:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._max_retries + 1),
@@ -305,13 +319,7 @@ class LoquaApiClient:
             retry=retry_if_exception(_is_retryable),
             sleep=self._sleep,
             reraise=True,
-            before_sleep=lambda s: log.debug(
-                "retrying %s %s (attempt %d): %s",
-                request.method,
-                request.endpoint,
-                s.attempt_number,
-                s.outcome.exception() if s.outcome else "",
-            ),
+            before_sleep=lambda s: self._log_retry(request, s),
         )
         result: dict[str, Any] = {}
         async for attempt in retrying:

@@ -7,6 +7,7 @@ logic, not the API (the end-to-end tests run against the reference API).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 
 import httpx
@@ -173,11 +174,16 @@ async def test_dot_segments_never_reach_a_url(user_id: str) -> None:
     assert httpx.URL("http://api.test/api/v1/agent/user/../context").path == "/api/v1/agent/context"
 
 
-async def test_503_honours_retry_after_too() -> None:
-    handler, seen = sequence(httpx.Response(503, headers={"Retry-After": "4"}), ok())
+async def test_503_honours_retry_after_too(caplog: pytest.LogCaptureFixture) -> None:
+    handler, seen = sequence(httpx.Response(503, headers={"Retry-After": "4"}), httpx.Response(503), ok())
     client, sleeps, _, _ = make_client(handler)
-    await client.update_progress(UPDATE)
-    assert sleeps.delays == [4.0] and len(seen) == 2
+    with caplog.at_level(logging.DEBUG, logger="loqua_tutor.api_client"):
+        await client.update_progress(UPDATE)
+    assert sleeps.delays[0] == 4.0 and len(seen) == 3
+    # The log names each wait and where it came from (the e2e test reads these lines).
+    waits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retrying")]
+    assert waits[0].startswith("retrying POST /api/v1/agent/progress in 4.0s (Retry-After; attempt 1): ")
+    assert waits[1].startswith(f"retrying POST /api/v1/agent/progress in {sleeps.delays[1]:.1f}s (backoff; attempt 2)")
 
 
 GARBAGE_RETRY_AFTER = ["\u00b2", "\u0661", "1.5", "-3", "", "   ", "soon", "Wed, 99 Foo 2015 07:28:10 GMT", "9" * 400]

@@ -98,7 +98,6 @@ class TokenManager:
         self._obtained_at: float | None = None
         self._expires_at: float | None = None
         self._refresh_at: float | None = None
-        self.exchanges = 0  # exchanges started (for tests and logs)
         self._task: asyncio.Task[None] | None = None
         self._obtained = asyncio.Event()
 
@@ -177,7 +176,6 @@ class TokenManager:
 
     async def _run_exchange(self) -> str:
         initial = self._token is None
-        self.exchanges += 1
         try:
             token = await self._exchange()
         except Exception:

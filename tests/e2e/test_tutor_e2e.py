@@ -17,6 +17,7 @@ run on demand by :class:`MainScenario`, so any of these tests also runs alone (`
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import re
 import secrets
@@ -689,6 +690,62 @@ async def test_api_faults_during_session_lose_nothing(
     assert len(s.driven.vocabulary) >= 2 and s.driven.phrases >= 1 and s.driven.grammar == ["articles"]
     assert await worker_metrics.value("loqua_tutor_progress_updates_queued") == 0
     assert await worker_metrics.value("loqua_tutor_session_records_total", result="lost") == 0
+
+
+# ---- 7b. Retry-After honoured on 503 and 429 (issue 16) ---------------------------------------------
+
+RETRY_AFTER_SECONDS = 3  # well above the first backoff (0.5-1.0 s), well below the cap (30 s)
+
+
+async def test_retry_after_is_honoured_on_503_and_429(
+    stack_env: dict[str, str],
+    lk: api.LiveKitAPI,
+    admin: httpx.AsyncClient,
+    tutor_agent_name: str,
+    tutor_worker: ServiceProcess,
+    worker_metrics: WorkerMetrics,
+    cleanup: Cleanup,
+) -> None:
+    """One 503, then one 429, each with ``Retry-After: 3`` (delta-seconds), then one 503 with an HTTP
+    date 3 s ahead, on the progress path: the retry reaches the API no sooner than the header says
+    (the first backoff would be 0.5-1.0 s), and the worker's log names the wait as Retry-After."""
+    faults = Faults(admin)
+    s = await open_session(stack_env, lk, admin, tutor_agent_name, cleanup.rooms, cleanup.learners, "retry-after")
+    words = iter(f"espera{i}" for i in range(10))
+    waits: list[str] = []
+    try:
+        for status, header in ((503, str(RETRY_AFTER_SECONDS)), (429, str(RETRY_AFTER_SECONDS)), (503, "date")):
+            # An HTTP date has whole seconds and the 503 comes up to a progress interval later: aim further.
+            date = int(time.time()) + RETRY_AFTER_SECONDS + PROGRESS_INTERVAL + 3
+            value = email.utils.formatdate(date, usegmt=True) if header == "date" else header
+            rule = await faults.add(status=status, count=1, retry_after=value, path_prefix=PROGRESS_PATH)
+            assert (await s.tool("new_word", word=next(words), translation="wait", language="es"))["ok"]
+            await until(lambda r=rule: _used_up(faults, r), f"the {status} to be met", PROGRESS_INTERVAL + 15, 0.05)
+            answered = time.monotonic()
+            told = date - time.time() if header == "date" else RETRY_AFTER_SECONDS
+            await s.wait_progress(s.driven.progress(), timeout=told + 30)
+            waited = time.monotonic() - answered
+            waits.append(f"{status} Retry-After {value!r}: retried after {waited:.1f} s (told {told:.1f} s)")
+            # The observed wait can fall short of the header by the two polling intervals at most; the
+            # backoff alone would retry after 0.5-1.0 s.
+            assert told > 1.5 and waited >= told - 0.6, waits[-1]
+    finally:
+        await faults.clear()
+    print("Retry-After honoured: " + "; ".join(waits))
+    retries = re.findall(r"retrying POST /api/v1/agent/progress in (\d+\.\d)s \(Retry-After;", tutor_worker.log_text())
+    assert len(retries) >= 3, retries
+    await s.end()
+    rec = await until(lambda: with_session(admin, s.user_id, s.session_id), "the session record", API_TIMEOUT + 15)
+    assert len([x for x in rec["sessions"] if x["session_id"] == s.session_id]) == 1
+
+
+async def _used_up(faults: Faults, rule_id: int) -> bool:
+    return not await faults.active(rule_id)
+
+
+async def with_session(admin: httpx.AsyncClient, user_id: str, session_id: str) -> dict[str, Any] | None:
+    rec = await user_records(admin, user_id)
+    return rec if any(x["session_id"] == session_id for x in rec["sessions"]) else None
 
 
 # ---- 8. no user_id ---------------------------------------------------------------------------------

@@ -123,7 +123,9 @@ def install(stack: Stack, image_name: str, extra_args: tuple[str, ...] = ()) -> 
         str(VALUES),
         "--set",
         f"image.repository={repository}",
-        "--set",
+        # --set-string: a content-digest tag such as 12345678 or 1e340000 would reach the chart's
+        # schema as a number (helm --set parses it) and fail `image.tag` (want string).
+        "--set-string",
         f"image.tag={tag}",
         "--set",
         f"livekit.url={env['NODE_LIVEKIT_URL']}",

@@ -199,14 +199,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "learner":
             if not stack.is_up():
                 raise RuntimeError("the stack is not up: run `make up` (or `loqua-dev up`) first")
-            from loqua_devstack.learner import visit
+            from loqua_devstack.learner import exit_past_rtc_teardown, visit
 
             quiet_dev_secret_warning()
 
             try:
-                return 0 if asyncio.run(visit(stack.env(), args.room, args.seconds, args.name)) else 4
+                code = 0 if asyncio.run(visit(stack.env(), args.room, args.seconds, args.name)) else 4
             except KeyboardInterrupt:
-                return 0
+                code = 0
+            exit_past_rtc_teardown(code)
         elif args.command == "web":
             if not stack.is_up():
                 raise RuntimeError("the stack is not up: run `make up` (or `loqua-dev up`) first")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -18,7 +17,14 @@ from pathlib import Path
 import httpx
 from livekit import api
 
-from loqua_devstack.learner import Learner, create_user, page_url, session_records, sign_in_token
+from loqua_devstack.learner import (
+    Learner,
+    create_user,
+    exit_past_rtc_teardown,
+    page_url,
+    session_records,
+    sign_in_token,
+)
 from loqua_devstack.services import ServiceProcess, kubectl, operator_process, tutor_process
 from loqua_devstack.stack import DISPATCH_NAMESPACE, Stack, devstack_dir, quiet_dev_secret_warning
 
@@ -403,4 +409,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_past_rtc_teardown(main())

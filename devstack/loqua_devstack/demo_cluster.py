@@ -17,7 +17,7 @@ from datetime import datetime
 
 from loqua_devstack import cluster, monitoring, pager, panels, serving
 from loqua_devstack.demo import Timeline, run, wait_loop
-from loqua_devstack.learner import Learner, create_user, session_records
+from loqua_devstack.learner import Learner, create_user, exit_past_rtc_teardown, session_records
 from loqua_devstack.stack import Stack, devstack_dir, quiet_dev_secret_warning
 
 ALERT = "LoquaLiveKitUnreachable"
@@ -187,4 +187,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_past_rtc_teardown(main())

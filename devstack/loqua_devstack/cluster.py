@@ -104,21 +104,11 @@ def ensure_secrets(stack: Stack, env: dict[str, str], namespace: str = NAMESPACE
         )
 
 
-def install(stack: Stack, image_name: str, extra_args: tuple[str, ...] = ()) -> None:
-    """helm upgrade --install of the chart with the repository's values file for the local node."""
-    env = stack.env()
+def values_args(image_name: str, env: dict[str, str]) -> list[str]:
+    """helm's value arguments of the release: the local-node values file, then the image and the
+    stack's addresses."""
     repository, tag = image_name.rsplit(":", 1)
-    ensure_namespace(stack)
-    ensure_secrets(stack, env)
-    _say(f"helm upgrade --install {RELEASE} (namespace {NAMESPACE}, values {VALUES.relative_to(ROOT)})")
-    helm(
-        stack,
-        "upgrade",
-        "--install",
-        RELEASE,
-        str(CHART),
-        "--namespace",
-        NAMESPACE,
+    return [
         "-f",
         str(VALUES),
         "--set",
@@ -131,6 +121,24 @@ def install(stack: Stack, image_name: str, extra_args: tuple[str, ...] = ()) -> 
         f"livekit.url={env['NODE_LIVEKIT_URL']}",
         "--set",
         f"loqua.apiBaseUrl={env['NODE_LOQUA_API_URL']}",
+    ]
+
+
+def install(stack: Stack, image_name: str, extra_args: tuple[str, ...] = ()) -> None:
+    """helm upgrade --install of the chart with the repository's values file for the local node."""
+    env = stack.env()
+    ensure_namespace(stack)
+    ensure_secrets(stack, env)
+    _say(f"helm upgrade --install {RELEASE} (namespace {NAMESPACE}, values {VALUES.relative_to(ROOT)})")
+    helm(
+        stack,
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        *values_args(image_name, env),
         *extra_args,
     )
     # livekit-server (on the machine) posts its webhooks to the operator's Service.

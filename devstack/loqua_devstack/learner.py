@@ -159,8 +159,8 @@ async def visit(
 def exit_past_rtc_teardown(code: int) -> NoReturn:
     """End a process that used the rtc SDK without the interpreter's teardown. Its learners have
     left; what is left is the SDK's native runtime (liblivekit_ffi), whose atexit dispose races its
-    tokio worker threads: a CI run saw a clean visit end in "panic in a function that cannot unwind" (SIGABRT,
-    exit -6, tests/e2e/test_devstack_learner.py). Nothing of ours is pending, so skip it."""
+    tokio worker threads: a CI run saw a clean visit end in "panic in a function that cannot
+    unwind" (SIGABRT, exit -6, tests/e2e/test_devstack_learner.py). Nothing of ours is pending."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 SCRIPT = """
+import sys
 from livekit import rtc
 from loqua_devstack.learner import exit_past_rtc_teardown
 rtc.Room()  # loads liblivekit_ffi and starts its runtime, as a learner's join does
@@ -17,9 +18,7 @@ exit_past_rtc_teardown(int(sys.argv[1]))
 
 
 def run(code: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "import sys\n" + SCRIPT, str(code)], capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run([sys.executable, "-c", SCRIPT, str(code)], capture_output=True, text=True, timeout=60)
 
 
 def test_exit_code_and_buffered_output_survive() -> None:

@@ -110,8 +110,22 @@ def runs(pid: int | None, executable: str | None) -> bool:
     return any(arg.decode(errors="replace") == executable for arg in cmdline.split(b"\0")[:3])
 
 
+def group_alive(pgid: int) -> bool:
+    """Some member of process group ``pgid`` still runs (zombies aside). A leader that has exited
+    can leave members, or its own other threads, that still hold its listening sockets."""
+    for stat in Path("/proc").glob("[0-9]*/task/[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
 def stop(pid: int | None, timeout: float = 10.0, executable: str | None = None) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left after ``timeout``."""
+    """SIGTERM the process group, then SIGKILL whatever is left after ``timeout``; returns once no
+    member of the group runs, so its ports can be bound again."""
     if not pid or not runs(pid, executable):
         return
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -119,7 +133,7 @@ def stop(pid: int | None, timeout: float = 10.0, executable: str | None = None) 
             os.killpg(pid, sig)
         deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 5.0)
         while time.monotonic() < deadline:
-            if not is_alive(pid):
+            if not is_alive(pid) and not group_alive(pid):
                 return
             time.sleep(0.1)
 

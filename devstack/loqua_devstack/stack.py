@@ -33,6 +33,16 @@ MONITORING_PARTS = monitoring.MONITORING_PARTS
 ALL_PARTS = PARTS + AGENT_PARTS + NODE_PARTS + MONITORING_PARTS
 # Parts whose command line changes when the node is added (they gain an address on its bridge).
 NODE_AWARE_PARTS = ("kube-apiserver", "kube-controller-manager", "livekit", "loqua-api")
+# The TCP ports (keys of the state's "ports") each part listens on: a restart waits until they are free.
+PART_PORTS = {
+    "etcd": ("etcd", "etcd_peer"),
+    "kube-apiserver": ("apiserver",),
+    "kube-controller-manager": ("kcm",),
+    "livekit": ("livekit", "livekit_rtc_tcp"),
+    "loqua-api": ("loqua_api",),
+    "operator": ("operator_metrics", "operator_webhook"),
+    "tutor": ("tutor_metrics",),
+}
 EXPLORE_AGENT_NAME = "spanish-tutor"
 DEFAULT_AGENT_ID = "loqua-dev-tutor"
 # The reference API's own Kubernetes identity (the chart's optional web-backend RBAC, rendered from
@@ -557,6 +567,7 @@ class Stack:
             _say(f"restarting {part}: its settings changed (the node's bridge address)")
             self.stop_part(part)
             state = self.load()
+            self._wait_ports_released(part, state)
         if part == "loqua-api":
             self._provision_web_backend(state)
         log = self.log_file(part)
@@ -572,6 +583,18 @@ class Stack:
 
     def _running(self, state: dict, part: str) -> bool:
         return processes.runs(state.get("pids", {}).get(part), state.get("executables", {}).get(part))
+
+    def _wait_ports_released(self, part: str, state: dict, timeout: float = 15.0) -> None:
+        """The stopped ``part``'s ports can be bound again: the new process binds the same ones."""
+        ports = [state["ports"][key] for key in PART_PORTS.get(part, ()) if key in state.get("ports", {})]
+        try:
+            processes.wait_until(lambda: all(processes.port_is_free(port) for port in ports), part, timeout)
+        except RuntimeError:
+            busy = [port for port in ports if not processes.port_is_free(port)]
+            raise RuntimeError(
+                f"{part} was stopped for a restart, but port(s) {busy} on 127.0.0.1 are still in use after "
+                f"{timeout:.0f} s; see which process holds them with `ss -ltnp`, stop it, and run the command again"
+            ) from None
 
     def stop_part(self, part: str) -> None:
         state = self.load()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 from loqua_devstack import processes
@@ -50,3 +51,28 @@ def test_descendants_include_children_of_children(tmp_path: Path) -> None:
         assert processes.descendants(pid)[0] == pid
     finally:
         processes.stop(pid, timeout=5, executable=sh)
+
+
+def test_stop_returns_only_once_the_whole_group_has_let_go_of_its_ports(tmp_path: Path) -> None:
+    """A leader that exits at once can leave a member still listening (CI saw kube-controller-manager
+    fail to bind its port on a restart): stop() waits for the group, so a restart can bind."""
+    port = processes.free_port()
+    holder = tmp_path / "holder.py"
+    holder.write_text(
+        "import signal, socket, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1.5), sys.exit(0)))\n"
+        "s = socket.socket()\n"
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        f"s.bind(('127.0.0.1', {port}))\n"
+        "s.listen()\n"
+        "while True:\n"
+        "    time.sleep(1)\n"
+    )
+    sh = shutil.which("sh") or "/bin/sh"
+    script = f"{sys.executable} {holder} & trap 'exit 0' TERM; wait"
+    pid = processes.spawn([sh, "-c", script], tmp_path / "group.log")
+    processes.wait_until(lambda: processes.tcp_open("127.0.0.1", port), "the port holder", 10)
+    assert processes.group_alive(pid)
+    processes.stop(pid, timeout=5, executable=sh)
+    assert not processes.group_alive(pid)
+    assert processes.port_is_free(port), "stop() returned while a member of the group still held its port"

@@ -36,6 +36,8 @@ BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificate
 _BASE_KEY = hashlib.sha256(f"{BASE_SUITE} {' '.join(BASE_PACKAGES)} v1".encode()).hexdigest()[:12]
 BASE_IMAGE = f"localhost/loqua-python-base:{BASE_SUITE}-{_BASE_KEY}"
 SANDBOX_IMAGE = f"localhost/loqua-pause:{_BASE_KEY}"
+# The Dockerfile's build stage of the last build: its layers (pip's above all) are the next build's cache.
+BUILD_STAGE = f"{IMAGE_REPOSITORY}:build-stage"
 
 
 class ImageError(RuntimeError):
@@ -239,7 +241,25 @@ def _build(log: Path | None, extras: str) -> BuiltImage:
         _say(f"{last['name']}: sources unchanged since its build, reused ({image_size(last['name'])})")
         return BuiltImage(last["name"], image_id(last["name"]) or "", image_size(last["name"]), seconds)
     _say(f"building {DOCKERFILE.relative_to(ROOT)} with buildah on {base} (first time about 5 min; log {log})")
-    cmd = buildah_cmd(
+    _run(_build_cmd(base, extras, f"{IMAGE_REPOSITORY}:dev"), log, "buildah build")
+    # The build stage's last layer is in no final image: untagged, the prune below would remove it
+    # with its parents (the pip layer), and a code change would then re-run pip. Its tag keeps
+    # them; every layer is cached by now, so this only names it.
+    _run(_build_cmd(base, extras, BUILD_STAGE, "--target", "build"), log, "buildah build --target build")
+    ident = image_id(f"{IMAGE_REPOSITORY}:dev")
+    if not ident:
+        raise ImageError(f"buildah build finished but {IMAGE_REPOSITORY}:dev is not in its storage; see {log}")
+    name = f"{IMAGE_REPOSITORY}:{ident[:12]}"
+    _run(buildah_cmd("tag", f"{IMAGE_REPOSITORY}:dev", name))
+    seconds = time.monotonic() - started
+    size = image_size(name)
+    last_file.write_text(json.dumps({"digest": digest, "name": name}))
+    _say(f"built {name} ({size}) in {seconds:.0f} s")
+    return BuiltImage(name, ident, size, seconds)
+
+
+def _build_cmd(base: str, extras: str, tag: str, *more: str) -> list[str]:
+    return buildah_cmd(
         "build",
         "--layers",
         # RUN steps reach only the package registry (pip), through the machine's own network.
@@ -254,21 +274,11 @@ def _build(log: Path | None, extras: str) -> BuiltImage:
         f"PYTHON_IMAGE={base}",
         "--build-arg",
         f"EXTRAS={extras}",
+        *more,
         "-t",
-        f"{IMAGE_REPOSITORY}:dev",
+        tag,
         str(ROOT),
     )
-    _run(cmd, log, "buildah build")
-    ident = image_id(f"{IMAGE_REPOSITORY}:dev")
-    if not ident:
-        raise ImageError(f"buildah build finished but {IMAGE_REPOSITORY}:dev is not in its storage; see {log}")
-    name = f"{IMAGE_REPOSITORY}:{ident[:12]}"
-    _run(buildah_cmd("tag", f"{IMAGE_REPOSITORY}:dev", name))
-    seconds = time.monotonic() - started
-    size = image_size(name)
-    last_file.write_text(json.dumps({"digest": digest, "name": name}))
-    _say(f"built {name} ({size}) in {seconds:.0f} s")
-    return BuiltImage(name, ident, size, seconds)
 
 
 # Repositories this module builds into; any other image in the storage is left alone.
@@ -315,10 +325,11 @@ def prune(current: str) -> list[str]:
     """Remove what earlier builds left behind; returns what was removed. vfs storage copies every
     layer in full, so each rebuild would otherwise keep ~1.4 GB (enough, once, to fill the disk
     and have the kubelet evict pods for DiskPressure). Kept: ``current`` (with its ``:dev`` tag
-    and its layers, which the next build reuses), the base and sandbox images, and any image built
+    and its layers), the build stage (BUILD_STAGE: its layers are the next build's cache, pip's
+    above all), the base and sandbox images, and any image built
     in the last KEEP_RECENT_SECONDS (another checkout's). Pods already running are unaffected:
     containerd holds its own copy of the images it imported."""
-    keep = {current, f"{IMAGE_REPOSITORY}:dev", BASE_IMAGE, SANDBOX_IMAGE}
+    keep = {current, f"{IMAGE_REPOSITORY}:dev", BUILD_STAGE, BASE_IMAGE, SANDBOX_IMAGE}
     removed = []
     listed = json.loads(_run(buildah_cmd("images", "--json")) or "[]")
     for ident in superseded_images(listed, keep, time.time()):

@@ -89,15 +89,23 @@ def test_prune_on_a_real_buildah_storage(tmp_path: Path, monkeypatch: pytest.Mon
         old = commit(f"{IMAGE_REPOSITORY}:old", 2 * KEEP_RECENT_SECONDS)
         recent = commit(f"{IMAGE_REPOSITORY}:recent", 60)
         current = commit(f"{IMAGE_REPOSITORY}:current", 0)
+        build_stage = commit(image.BUILD_STAGE, 2 * KEEP_RECENT_SECONDS)
         other = commit("localhost/someone-else:1", 2 * KEEP_RECENT_SECONDS)
         removed = image.prune(f"{IMAGE_REPOSITORY}:current")
         assert old in removed and f"loqua-agents_old-{old}.oci.tar" in removed
         assert image.image_id(f"{IMAGE_REPOSITORY}:old") is None
-        for name in (f"{IMAGE_REPOSITORY}:recent", f"{IMAGE_REPOSITORY}:current", "localhost/someone-else:1"):
+        kept = (
+            f"{IMAGE_REPOSITORY}:recent",
+            f"{IMAGE_REPOSITORY}:current",
+            image.BUILD_STAGE,
+            "localhost/someone-else:1",
+        )
+        for name in kept:
             assert image.image_id(name), name
         archives = sorted(p.name for p in image.images_dir().glob("*.oci.tar"))
         assert archives == sorted(
             [
+                f"loqua-agents_build-stage-{build_stage}.oci.tar",
                 f"loqua-agents_current-{current}.oci.tar",
                 f"loqua-agents_recent-{recent}.oci.tar",
                 f"someone-else_1-{other}.oci.tar",

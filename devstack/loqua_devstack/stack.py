@@ -8,6 +8,7 @@ bring a part back at the same address, which is what fault tests need.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -17,7 +18,7 @@ import sys
 import time
 import urllib.request
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -382,13 +383,15 @@ class Stack:
         }
 
     def _write_kubeconfig(self, state: dict) -> None:
+        self._write_admin_kubeconfig(self.kubeconfig, f"https://127.0.0.1:{state['ports']['apiserver']}")
+
+    def _write_admin_kubeconfig(self, path: Path, server: str) -> None:
         pki = self._pki()
 
         def b64(path: Path) -> str:
             return base64.b64encode(path.read_bytes()).decode()
 
-        server = f"https://127.0.0.1:{state['ports']['apiserver']}"
-        self.kubeconfig.write_text(
+        path.write_text(
             json.dumps(
                 {
                     "apiVersion": "v1",
@@ -414,7 +417,53 @@ class Stack:
                 indent=2,
             )
         )
-        self.kubeconfig.chmod(0o600)
+        path.chmod(0o600)
+
+    @contextlib.contextmanager
+    def empty_apiserver(self, name: str, timeout: float = 90.0) -> Iterator[Path]:
+        """A second kube-apiserver on the stack's etcd under a key prefix of its own: an empty
+        cluster (no CRDs, no namespaces of other tests) for start-up tests. Yields its admin
+        kubeconfig; stops it and deletes its keys from etcd afterwards."""
+        state = self.load()
+        cmd = [
+            arg
+            for arg in self._part_specs(state)["kube-apiserver"][0]
+            if not arg.startswith(("--secure-port=", "--cert-dir="))
+        ]
+        port = processes.free_port()
+        work = self.root / "isolated" / name
+        work.mkdir(parents=True, exist_ok=True)
+        prefix = f"/isolated/{name}"
+        cmd += [f"--secure-port={port}", f"--etcd-prefix={prefix}", f"--cert-dir={work / 'certs'}"]
+        log_file = self.root / "logs" / f"kube-apiserver-{name}.log"
+        pid = processes.spawn(cmd, log_file)
+        kubeconfig = work / "kubeconfig"
+        try:
+            url = f"https://127.0.0.1:{port}/readyz"
+            processes.wait_until(
+                lambda: processes.http_ok(url, context=self._apiserver_ssl()),
+                f"kube-apiserver {name}",
+                timeout,
+                pid=pid,
+                log_file=log_file,
+            )
+            self._write_admin_kubeconfig(kubeconfig, f"https://127.0.0.1:{port}")
+            yield kubeconfig
+        finally:
+            processes.stop(pid)
+            self._delete_etcd_prefix(state, prefix + "/")
+
+    @staticmethod
+    def _delete_etcd_prefix(state: dict, prefix: str) -> None:
+        """Delete every key under ``prefix`` (etcd's v3 JSON gateway: range end = prefix + 1)."""
+        key = prefix.encode()
+        end = key[:-1] + bytes([key[-1] + 1])
+        body = json.dumps({"key": base64.b64encode(key).decode(), "range_end": base64.b64encode(end).decode()}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{state['ports']['etcd']}/v3/kv/deleterange", data=body, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            resp.read()
 
     def _provision_web_backend(self, state: dict) -> None:
         """The CRD, the learners' namespace, the chart's web-backend RBAC (rendered from the chart:

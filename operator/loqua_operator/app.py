@@ -21,7 +21,7 @@ from loqua_operator.handlers import lifecycle as _lifecycle_handlers  # noqa: F4
 from loqua_operator.handlers import registry
 from loqua_operator.health import Liveness, watch_hook
 from loqua_operator.index import ObjectIndex
-from loqua_operator.kube import PLURAL, Kube, load_config
+from loqua_operator.kube import PLURAL, CrdNotServed, Kube, load_config
 from loqua_operator.leader import LeaderElector, WriteGate
 from loqua_operator.livekit_gateway import LiveKitGateway
 from loqua_operator.metrics import OperatorMetrics
@@ -92,6 +92,11 @@ async def run(settings: OperatorSettings, namespaces: list[str]) -> int:
     )
     gateway = LiveKitGateway(settings, metrics, gate)
     try:
+        try:
+            await kube.wait_until_served(settings.crd_wait_seconds)
+        except CrdNotServed as exc:
+            log.error("%s", exc)
+            return 2
         if settings.leader_election:
             namespace = (
                 settings.lease_namespace or settings.pod_namespace or (namespaces[0] if namespaces else "default")

@@ -24,6 +24,7 @@ Settings come from the environment:
   LIVEKIT_RETRY_ATTEMPTS (3)     LIVEKIT_RETRY_BASE_SECONDS (1) LIVEKIT_TIMEOUT_SECONDS (10)
   MAX_REDISPATCHES (10)          ORPHAN_ROOMS_PER_SWEEP (200)   WEBHOOK_ENABLED (true)
   LIVENESS_LOOP_STALL_SECONDS (10)                 LIVENESS_WATCH_STALL_SECONDS (150)
+  CRD_WAIT_SECONDS (120: at start, wait for the AgentDispatch CRD to be served; then exit 2)
 Leader election (LEADER_ELECTION=true): client-go timing, lease 15 s, renew deadline 10 s, retry 2 s;
 a replica that could not renew within the deadline stops writing at once, turns not ready and exits 1.
 Kubernetes credentials: in-cluster service account, else $KUBECONFIG.

@@ -34,6 +34,10 @@ T = TypeVar("T")
 sweep_writes: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("sweep_writes", default=None)
 
 
+class CrdNotServed(RuntimeError):
+    """The AgentDispatch CRD is not installed (or not served yet): the message says what to do."""
+
+
 def load_config() -> None:
     """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config.
 
@@ -108,6 +112,43 @@ class Kube:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def serves_agent_dispatches(self) -> bool:
+        """API discovery lists AgentDispatch: what kopf's one start-up scan reads to choose its watches."""
+        apis = kubernetes.client.ApisApi(self._custom.api_client)
+        try:
+            groups = await self._run(apis.get_api_versions, CALL_TIMEOUT)
+            if not any(g.name == GROUP and any(v.version == VERSION for v in g.versions) for g in groups.groups):
+                return False
+            found = await self._run(self._custom.get_api_resources, CALL_TIMEOUT, GROUP, VERSION)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return any(r.name == PLURAL for r in found.resources)
+
+    async def wait_until_served(self, timeout: float, poll: float = 1.0) -> None:
+        """Return once discovery lists AgentDispatch. kopf scans discovery once at start-up and later
+        notices a CRD only by its changes: an operator started right after the CRD was applied, before
+        discovery listed it, would never watch an AgentDispatch (seen 1 run in 2)."""
+        deadline = time.monotonic() + timeout
+        problem = "the API server does not list it"
+        while True:
+            try:
+                if await self.serves_agent_dispatches():
+                    return
+                problem = "the API server does not list it"
+            except ApiException as exc:
+                problem = f"API discovery answered {exc.status} {exc.reason}"
+            except Exception as exc:  # refused, reset, timed out: the API server is not up or not reachable
+                problem = f"API discovery failed: {type(exc).__name__}"
+            if time.monotonic() >= deadline:
+                raise CrdNotServed(
+                    f"{PLURAL}.{GROUP} {VERSION} is not served after {timeout:.0f} s ({problem}): install the "
+                    "CRDs first (helm install of helm/loqua-agents, or kubectl apply -f deploy/crds/) and "
+                    "check that the operator's credentials reach the API server"
+                )
+            await asyncio.sleep(poll)
 
     def _write_timeout(self, what: str) -> float:
         timeout = min(CALL_TIMEOUT, self.gate.check(what))

@@ -52,6 +52,9 @@ class OperatorSettings(BaseSettings):
     liveness_watch_stall_seconds: float = Field(
         150.0, ge=10, le=3600, description="/healthz fails when a watch stream is silent this long (bookmarks ~60 s)"
     )
+    crd_wait_seconds: float = Field(
+        120.0, ge=1, le=3600, description="at start, wait this long for the AgentDispatch CRD to be served, else exit 2"
+    )
 
     demand_scaling: list[WorkerScaling] = Field(
         default_factory=list,

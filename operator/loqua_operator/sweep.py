@@ -18,6 +18,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+from kubernetes.client.exceptions import ApiException
+
 from loqua_operator import lifecycle
 from loqua_operator.index import ObjectIndex
 from loqua_operator.kube import Kube, sweep_writes
@@ -160,7 +162,9 @@ class Sweeper:
             try:
                 await self.resync()
             except Exception as exc:
-                log.warning("initial listing failed (retrying): %s: %s", type(exc).__name__, exc)
+                # An ApiException's str() carries every response header: its status says enough.
+                why = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else str(exc)
+                log.warning("initial listing failed (retrying): %s: %s", type(exc).__name__, why)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=2.0)
         while not stop.is_set():

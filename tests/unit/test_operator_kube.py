@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from loqua_operator.kube import Kube
+from loqua_operator.kube import CrdNotServed, Kube
 from loqua_operator.leader import NotLeader, WriteGate
 
 
@@ -41,4 +41,30 @@ async def test_a_write_is_refused_in_the_thread_once_leadership_lapsed() -> None
     with pytest.raises(NotLeader):
         await kube._run(lapse_then_write, 1.0, write="status of ns/a")
     assert not sent.is_set()
+    kube.close()
+
+
+async def test_waiting_for_the_crd_returns_once_discovery_lists_it_and_says_what_to_do_when_it_never_does() -> None:
+    kube = Kube([], WriteGate(elected=False))
+    answers = iter([ConnectionRefusedError(), False, True])
+
+    async def serves() -> bool:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    kube.serves_agent_dispatches = serves  # type: ignore[method-assign]
+    await kube.wait_until_served(timeout=5, poll=0.01)  # refused, not listed, listed
+
+    async def refused() -> bool:
+        raise ConnectionRefusedError()
+
+    kube.serves_agent_dispatches = refused  # type: ignore[method-assign]
+    with pytest.raises(CrdNotServed) as err:
+        await kube.wait_until_served(timeout=0.05, poll=0.01)
+    message = str(err.value)
+    assert "agentdispatches.agents.loqua.app v1alpha1 is not served after 0 s" in message
+    assert "API discovery failed: ConnectionRefusedError" in message
+    assert "install the CRDs first" in message and "kubectl apply -f deploy/crds/" in message
     kube.close()

@@ -62,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             f"ttl={settings.agent_ttl_seconds}s cleanup={settings.cleanup_interval_ms}ms"
         )
         return 0
+    from loqua_operator import memory
     from loqua_operator.app import run, setup_logging
 
+    memory.limit_arenas()  # before any thread starts
     setup_logging(settings)
     return asyncio.run(run(settings, args.namespace))
 

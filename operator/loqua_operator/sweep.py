@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from kubernetes.client.exceptions import ApiException
 
-from loqua_operator import lifecycle
+from loqua_operator import lifecycle, memory
 from loqua_operator.index import ObjectIndex
 from loqua_operator.kube import Kube, sweep_writes
 from loqua_operator.livekit_gateway import LiveKitError, sweep_calls
@@ -169,6 +169,7 @@ class Sweeper:
                     await asyncio.wait_for(stop.wait(), timeout=2.0)
         while not stop.is_set():
             await self.sweep()
+            memory.trim()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.cleanup_interval_seconds)
             if not stop.is_set() and self.sweeps % RESYNC_EVERY_SWEEPS == 0:

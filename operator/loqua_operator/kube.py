@@ -38,6 +38,12 @@ class CrdNotServed(RuntimeError):
     """The AgentDispatch CRD is not installed (or not served yet): the message says what to do."""
 
 
+def error_text(exc: BaseException) -> str:
+    """An error for a log line: an ApiException's str() carries every response header, its status
+    and reason say enough."""
+    return f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else str(exc)
+
+
 def load_config() -> None:
     """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config.
 
@@ -136,16 +142,15 @@ class Kube:
     async def wait_until_served(self, timeout: float, poll: float = 1.0) -> None:
         """Return once discovery lists AgentDispatch. kopf scans discovery once at start-up and later
         notices a CRD only by its changes: an operator started right after the CRD was applied, before
-        discovery listed it, would never watch an AgentDispatch (seen 1 run in 2)."""
+        discovery listed it, would never watch an AgentDispatch (tests/integration/test_operator_startup.py)."""
         deadline = time.monotonic() + timeout
-        problem = "the API server does not list it"
         while True:
             try:
                 if await self.serves_agent_dispatches():
                     return
                 problem = "the API server does not list it"
             except ApiException as exc:
-                problem = f"API discovery answered {exc.status} {exc.reason}"
+                problem = f"API discovery answered {error_text(exc)}"
             except Exception as exc:  # refused, reset, timed out: the API server is not up or not reachable
                 problem = f"API discovery failed: {type(exc).__name__}"
             if time.monotonic() >= deadline:

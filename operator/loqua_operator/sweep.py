@@ -18,11 +18,9 @@ import logging
 import time
 from dataclasses import dataclass
 
-from kubernetes.client.exceptions import ApiException
-
 from loqua_operator import lifecycle, memory
 from loqua_operator.index import ObjectIndex
-from loqua_operator.kube import Kube, sweep_writes
+from loqua_operator.kube import Kube, error_text, sweep_writes
 from loqua_operator.livekit_gateway import LiveKitError, sweep_calls
 from loqua_operator.metrics import OperatorMetrics
 from loqua_operator.orphans import OrphanSweeper
@@ -92,7 +90,7 @@ class Sweeper:
         except Exception as exc:
             report.errors += 1
             self._metrics.sweep_errors.inc()
-            log.warning("sweep failed (will retry next interval): %s: %s", type(exc).__name__, exc)
+            log.warning("sweep failed (will retry next interval): %s: %s", type(exc).__name__, error_text(exc))
         finally:
             sweep_calls.reset(calls_token)
             sweep_writes.reset(writes_token)
@@ -140,7 +138,7 @@ class Sweeper:
                     log.warning(
                         "lifecycle update failed: %s: %s",
                         type(exc).__name__,
-                        exc,
+                        error_text(exc),
                         extra={"fields": {"namespace": obj_ref.namespace, "name": obj_ref.name}},
                     )
                     return
@@ -162,9 +160,7 @@ class Sweeper:
             try:
                 await self.resync()
             except Exception as exc:
-                # An ApiException's str() carries every response header: its status says enough.
-                why = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else str(exc)
-                log.warning("initial listing failed (retrying): %s: %s", type(exc).__name__, why)
+                log.warning("initial listing failed (retrying): %s: %s", type(exc).__name__, error_text(exc))
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=2.0)
         while not stop.is_set():
